@@ -1,0 +1,27 @@
+-- Example pipeline schema: a generic job table and the analysis results table.
+-- pipemon only reads these; the indexes below are what its queries need (see docs/indexes.md).
+CREATE TABLE IF NOT EXISTS jobs (
+    id          bigserial PRIMARY KEY,
+    queue       text        NOT NULL,
+    status      text        NOT NULL DEFAULT 'waiting',
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    run_at      timestamptz NOT NULL DEFAULT now(),
+    started_at  timestamptz,
+    finished_at timestamptz,
+    attempts    integer     NOT NULL DEFAULT 0,
+    payload     jsonb
+);
+-- gauges: jobs in active states, grouped by queue and state
+CREATE INDEX IF NOT EXISTS jobs_status_queue_idx ON jobs (status, queue);
+-- incremental reads of finished and started jobs
+CREATE INDEX IF NOT EXISTS jobs_finished_at_idx ON jobs (finished_at, id);
+CREATE INDEX IF NOT EXISTS jobs_started_at_idx ON jobs (started_at, id);
+
+CREATE TABLE IF NOT EXISTS audio_events_cache (
+    id            bigserial PRIMARY KEY,
+    track_id      bigint      NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    timeline      jsonb,
+    processing_ms integer
+);
+CREATE INDEX IF NOT EXISTS audio_events_cache_created_at_idx ON audio_events_cache (created_at, id);

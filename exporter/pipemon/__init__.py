@@ -1,0 +1,1 @@
+"""pipemon: a Prometheus exporter for media-processing pipelines."""

@@ -1,0 +1,175 @@
+"""One reused, read-only PostgreSQL connection per source, and error classification.
+
+Every poll runs in a READ ONLY transaction that is rolled back at the end; the session has
+`statement_timeout` set to the source's timeout, so the server cancels a slow query itself, and
+TCP keepalives so a dead network is noticed instead of waited on forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+import psycopg
+from psycopg import errors, sql
+from psycopg.conninfo import conninfo_to_dict
+
+from pipemon.config import Secret
+from pipemon.sources.base import PollError, redact
+
+log = logging.getLogger(__name__)
+
+APPLICATION_NAME = "pipemon"
+_URL_PASSWORD = re.compile(r"://[^:/@]*:([^@]+)@")
+DB_ERROR_REASONS = ("connect", "auth", "timeout", "schema", "permission", "sql_error", "internal")
+
+
+def dsn_secrets(dsn: Secret | None) -> list[str]:
+    """The parts of a DSN that must never be shown: the whole DSN and its password."""
+    if dsn is None:
+        return []
+    found = [dsn.reveal()]
+    try:
+        password = conninfo_to_dict(dsn.reveal()).get("password")
+    except psycopg.ProgrammingError:  # unparsable, but a URL's password is still findable
+        match = _URL_PASSWORD.search(dsn.reveal())
+        password = match.group(1) if match else None
+    if password:
+        found.append(str(password))
+    return found
+
+
+def describe_dsn(dsn: Secret) -> str:
+    """`host:port/dbname` for display: never the user's password."""
+    try:
+        params = conninfo_to_dict(dsn.reveal())
+    except psycopg.ProgrammingError:
+        return "(unparsable DSN)"
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    return f"{host}:{params.get('port') or 5432}/{params.get('dbname') or params.get('user') or ''}"
+
+
+def classify(exc: BaseException) -> str:
+    """A short reason label for a database error."""
+    if isinstance(exc, errors.QueryCanceled | errors.LockNotAvailable):
+        return "timeout"
+    if isinstance(exc, errors.InvalidAuthorizationSpecification | errors.InvalidPassword):
+        return "auth"
+    if isinstance(exc, errors.UndefinedTable | errors.UndefinedColumn | errors.UndefinedFunction):
+        return "schema"
+    if isinstance(exc, errors.InsufficientPrivilege):
+        return "permission"
+    if isinstance(exc, psycopg.OperationalError):
+        text = str(exc)
+        if "password authentication failed" in text or "no pg_hba.conf entry" in text:
+            return "auth"
+        if "timeout expired" in text:
+            return "timeout"
+        return "connect"
+    if isinstance(exc, psycopg.Error):
+        return "sql_error"
+    return "internal"
+
+
+class PgSession:
+    """A lazily opened connection, re-opened after it breaks."""
+
+    def __init__(self, dsn: Secret, timeout: float):
+        self._dsn = dsn
+        self._timeout = timeout
+        self._secrets = dsn_secrets(dsn)
+        self._conn: psycopg.Connection | None = None
+
+    def _connect(self) -> psycopg.Connection:
+        conn = psycopg.connect(
+            self._dsn.reveal(),
+            application_name=APPLICATION_NAME,
+            connect_timeout=max(2, math.ceil(self._timeout)),
+            keepalives=1,
+            keepalives_idle=max(1, int(self._timeout)),
+            keepalives_interval=1,
+            keepalives_count=3,
+            autocommit=False,
+        )
+        conn.read_only = True
+        with conn.cursor() as cur:
+            # Session settings: set once, in a transaction that is then committed.
+            timeout_ms = str(max(1, int(self._timeout * 1000)))
+            cur.execute("SELECT set_config('statement_timeout', %s, false)", (timeout_ms,))
+            cur.execute("SELECT set_config('lock_timeout', %s, false)", (timeout_ms,))
+            cur.execute(
+                "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                (str(max(1000, int(self._timeout * 4000))),),
+            )
+        conn.commit()
+        return conn
+
+    @contextmanager
+    def transaction(self, deadline: float) -> Iterator[Cursor]:
+        """A read-only transaction; every psycopg error leaves as a PollError with a reason."""
+        try:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                self._close_quietly()
+                self._conn = self._connect()
+            conn = self._conn
+            try:
+                with conn.cursor() as cur:
+                    yield Cursor(cur, deadline)
+            finally:
+                if not conn.closed and not conn.broken:
+                    conn.rollback()  # read-only: nothing to commit, and no transaction left open
+        except psycopg.Error as exc:
+            if self._conn is not None and (self._conn.broken or classify(exc) == "connect"):
+                self._close_quietly()
+            raise PollError(classify(exc), redact(str(exc), self._secrets)) from None
+
+    def interrupt(self) -> None:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            with suppress(psycopg.Error, AttributeError, TypeError):
+                conn.cancel_safe(timeout=1)
+
+    def _close_quietly(self) -> None:
+        if self._conn is not None:
+            with suppress(psycopg.Error):
+                self._conn.close()
+        self._conn = None
+
+    def close(self) -> None:
+        self._close_quietly()
+
+
+class Cursor:
+    """A cursor that refuses to start a statement after the poll's deadline."""
+
+    def __init__(self, cur: psycopg.Cursor, deadline: float):
+        self._cur = cur
+        self._deadline = deadline
+
+    def rows(self, query: sql.Composable | str, params: dict | None = None) -> list[tuple]:
+        if time.monotonic() > self._deadline:
+            raise PollError("timeout", "poll deadline passed before the next query")
+        self._cur.execute(query, params)
+        return self._cur.fetchall()
+
+
+def relation(table: str) -> sql.Composable:
+    """A table or view name (`schema.table` allowed), or a parenthesised subquery."""
+    text = table.strip()
+    if text.startswith("("):
+        return sql.SQL(text) + sql.SQL(" AS pipemon_src")
+    return sql.Identifier(*text.split("."))
+
+
+def column(name: str | None, missing: str = "NULL::timestamptz") -> sql.Composable:
+    """A column reference, or a typed NULL when the user's table has no such column."""
+    return sql.Identifier(name) if name else sql.SQL(missing)
+
+
+def literals(values) -> sql.Composable:
+    """`'a', 'b'` for an IN list. Untyped literals so that enum columns compare without casts."""
+    return sql.SQL(", ").join(sql.Literal(v) for v in sorted(values))

@@ -1,0 +1,198 @@
+"""The metric contract (names, types, labels, buckets) and the state pipemon accumulates itself.
+
+Families are built fresh on every scrape from plain data (see STYLE.md): nothing here touches the
+prometheus_client global registry.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+# A boundary at every threshold an alert uses, so the SLI is exact there (DESIGN.md).
+JOB_SECONDS_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 180, 300, 450, 600, 900, 1200, 1800, 2700, 3600)
+POLL_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+STORAGE_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+OTHER = "other"
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    type: str  # gauge | counter | histogram
+    help: str
+    labels: tuple[str, ...]
+
+    def family(self) -> Metric:
+        if self.type == "gauge":
+            return GaugeMetricFamily(self.name, self.help, labels=self.labels)
+        if self.type == "counter":
+            return CounterMetricFamily(self.name, self.help, labels=self.labels)
+        return HistogramMetricFamily(self.name, self.help, labels=self.labels)
+
+
+# --- self metrics ---
+BUILD_INFO = Spec("pipemon_build_info", "gauge", "pipemon version; always 1.", ("version",))
+SOURCE_UP = Spec(
+    "pipemon_source_up", "gauge",
+    "1 if the last poll of the source succeeded, 0 if it failed.", ("source", "kind"))
+SOURCE_POLL_DURATION = Spec(
+    "pipemon_source_poll_duration_seconds", "histogram",
+    "Time taken by each poll of the source, failed polls included.", ("source", "kind"))
+SOURCE_POLL_ERRORS = Spec(
+    "pipemon_source_poll_errors_total", "counter",
+    "Failed polls of the source, by reason.", ("source", "kind", "reason"))
+SOURCE_LAST_SUCCESS = Spec(
+    "pipemon_source_last_success_timestamp_seconds", "gauge",
+    "Unix time of the last successful poll of the source.", ("source", "kind"))
+FOLDED_LABEL_VALUES = Spec(
+    "pipemon_source_folded_label_values", "gauge",
+    "Distinct label values read from data that exceeded the cap and were reported as 'other'.",
+    ("source", "label"))
+
+# --- queue ---
+QUEUE_JOBS = Spec(
+    "pipemon_queue_jobs", "gauge",
+    "Jobs currently in the queue by state (scheduled, waiting, running, retrying).",
+    ("source", "queue", "state"))
+QUEUE_OLDEST_WAITING = Spec(
+    "pipemon_queue_oldest_waiting_seconds", "gauge",
+    "Age of the oldest job ready to run but not started (0 when none wait).", ("source", "queue"))
+QUEUE_STUCK = Spec(
+    "pipemon_queue_stuck_jobs", "gauge",
+    "Jobs running for longer than the source's stuck_after.", ("source", "queue"))
+QUEUE_FINISHED = Spec(
+    "pipemon_queue_jobs_finished_total", "counter",
+    "Jobs that reached a final state since pipemon started, by outcome.",
+    ("source", "queue", "outcome"))
+QUEUE_RUN_SECONDS = Spec(
+    "pipemon_queue_job_run_seconds", "histogram",
+    "Run time (start to finish) of finished jobs.", ("source", "queue", "outcome"))
+QUEUE_WAIT_SECONDS = Spec(
+    "pipemon_queue_job_wait_seconds", "histogram",
+    "Wait time (ready to started) of jobs, observed when they start.", ("source", "queue"))
+QUEUE_UNMAPPED = Spec(
+    "pipemon_queue_unmapped_jobs", "gauge",
+    "Jobs whose raw state is not in the source's `states` mapping (checked at a slow interval).",
+    ("source", "raw_state"))
+
+# --- analysis ---
+ANALYSIS_RESULTS = Spec(
+    "pipemon_analysis_results_total", "counter",
+    "Analysis results written since pipemon started, by outcome.", ("source", "outcome"))
+ANALYSIS_DURATION = Spec(
+    "pipemon_analysis_duration_seconds", "histogram",
+    "Processing time of analysis results.", ("source",))
+
+SELF_SPECS = (BUILD_INFO, SOURCE_UP, SOURCE_POLL_DURATION, SOURCE_POLL_ERRORS,
+              SOURCE_LAST_SUCCESS, FOLDED_LABEL_VALUES)
+
+
+class Families:
+    """The families of one scrape, one per metric name, however many sources feed it."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, Metric] = {}
+
+    def __call__(self, spec: Spec) -> Metric:
+        family = self._families.get(spec.name)
+        if family is None:
+            family = self._families[spec.name] = spec.family()
+        return family
+
+    def __iter__(self) -> Iterator[Metric]:
+        return iter(self._families.values())
+
+
+class CounterSet:
+    """Monotonic totals keyed by label values. Not thread-safe: guard with the owner's lock."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def ensure(self, labels: tuple[str, ...]) -> None:
+        self.values.setdefault(labels, 0.0)
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        self.values[labels] = self.values.get(labels, 0.0) + amount
+
+    def emit(self, family: Metric, prefix: tuple[str, ...]) -> None:
+        for labels, value in sorted(self.values.items()):
+            family.add_metric([*prefix, *labels], value)
+
+
+class HistogramSet:
+    """Histograms keyed by label values, with fixed buckets. Guard with the owner's lock."""
+
+    def __init__(self, buckets: Iterable[float]) -> None:
+        self.bounds = tuple(float(b) for b in buckets)
+        self._counts: dict[tuple[str, ...], list[int]] = {}
+        self._sums: dict[tuple[str, ...], float] = {}
+
+    def ensure(self, labels: tuple[str, ...]) -> None:
+        if labels not in self._counts:
+            self._counts[labels] = [0] * (len(self.bounds) + 1)
+            self._sums[labels] = 0.0
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        if value is None or math.isnan(value):
+            return
+        value = max(value, 0.0)  # clock skew between writers must not give negative durations
+        self.ensure(labels)
+        counts = self._counts[labels]
+        for i, bound in enumerate(self.bounds):
+            if value <= bound:
+                counts[i] += 1
+                break
+        else:
+            counts[-1] += 1
+        self._sums[labels] += value
+
+    def count(self, labels: tuple[str, ...]) -> int:
+        return sum(self._counts.get(labels, ()))
+
+    def emit(self, family: Metric, prefix: tuple[str, ...]) -> None:
+        for labels in sorted(self._counts):
+            cumulative, buckets = 0, []
+            for bound, n in zip((*self.bounds, math.inf), self._counts[labels], strict=True):
+                cumulative += n
+                buckets.append((floatToGoString(bound), cumulative))
+            family.add_metric([*prefix, *labels], buckets, self._sums[labels])
+
+
+class LabelCap:
+    """Admits at most `limit` distinct values of a label read from data; the rest become 'other'.
+
+    Admission is for the process lifetime, so a counter's label set never churns. The folded
+    values are remembered up to a bound, so the diagnostic cannot itself grow without limit.
+    """
+
+    MAX_TRACKED_FOLDED = 10_000
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._admitted: set[str] = set()
+        self.folded: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str) -> str:
+        with self._lock:
+            if value in self._admitted:
+                return value
+            if len(self._admitted) < self.limit:
+                self._admitted.add(value)
+                return value
+            if len(self.folded) < self.MAX_TRACKED_FOLDED:
+                self.folded.add(value)
+            return OTHER

@@ -1,0 +1,175 @@
+"""Run each source's poll on its own interval, never overlapping itself, and keep its health.
+
+One thread per source: a slow source can only delay itself. Loops wait on the stop event, so a
+SIGTERM takes effect at once instead of after the next sleep.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pipemon import metrics as m
+from pipemon.sources.base import PollError, Source, redact
+
+log = logging.getLogger(__name__)
+
+MAX_START_JITTER = 3.0
+
+
+@dataclass(frozen=True)
+class LastError:
+    reason: str
+    message: str
+    at: float
+
+
+class SourceRunner:
+    """Polls one source and records how that went, for /metrics, /health and the landing page."""
+
+    def __init__(self, source: Source, secrets: list[str], clock=time.time):
+        self.source = source
+        self._secrets = secrets
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.up: bool | None = None  # None until the first poll attempt has finished
+        self.snapshot: Any = None
+        self.last_attempt: float | None = None
+        self.last_success: float | None = None
+        self.last_duration: float | None = None
+        self.last_error: LastError | None = None
+        self.consecutive_failures = 0
+        self.polls = 0
+        self.poll_started: float | None = None  # monotonic time of the poll in progress
+        self._errors = m.CounterSet()
+        for reason in source.error_reasons:
+            self._errors.ensure((reason,))
+        self._durations = m.HistogramSet(m.POLL_SECONDS_BUCKETS)
+        self._durations.ensure(())
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    def poll_once(self) -> bool:
+        started = time.monotonic()
+        self.poll_started = started
+        error: LastError | None = None
+        snapshot = None
+        try:
+            snapshot = self.source.poll()
+        except PollError as exc:
+            error = LastError(exc.reason, redact(exc.message, self._secrets), self._clock())
+        except Exception as exc:  # a bug must not kill the loop: report it like any failure
+            message = redact(f"{type(exc).__name__}: {exc}", self._secrets)
+            error = LastError("internal", message, self._clock())
+            log.error("source %s: unexpected error", self.name, exc_info=False,
+                      extra={"source": self.name, "reason": "internal", "error": message})
+        elapsed = time.monotonic() - started
+        with self._lock:
+            self.poll_started = None
+            self.polls += 1
+            self.last_attempt = self._clock()
+            self.last_duration = elapsed
+            self._durations.observe((), elapsed)
+            if error is None:
+                if self.up is False:
+                    log.info("source %s recovered", self.name, extra={"source": self.name})
+                self.up, self.snapshot, self.last_success = True, snapshot, self.last_attempt
+                self.consecutive_failures = 0
+            else:
+                self.up, self.snapshot, self.last_error = False, None, error
+                self.consecutive_failures += 1
+                self._errors.inc((error.reason,))
+                log.warning("source %s: poll failed (%s): %s", self.name, error.reason,
+                            error.message, extra={"source": self.name, "reason": error.reason})
+        return error is None
+
+    def collect(self, families: m.Families) -> None:
+        labels = (self.name, self.source.kind)
+        with self._lock:
+            up, snapshot, last_success = self.up, self.snapshot, self.last_success
+            if up is not None:
+                families(m.SOURCE_UP).add_metric(labels, 1 if up else 0)
+            if last_success is not None:
+                families(m.SOURCE_LAST_SUCCESS).add_metric(labels, last_success)
+            self._errors.emit(families(m.SOURCE_POLL_ERRORS), labels)
+            self._durations.emit(families(m.SOURCE_POLL_DURATION), labels)
+        self.source.collect(families, snapshot if up else None)
+
+    def health(self) -> dict[str, Any]:
+        with self._lock:
+            status = {None: "pending", True: "up", False: "down"}[self.up]
+            error = self.last_error
+            return {
+                "name": self.name,
+                "kind": self.source.kind,
+                "status": status,
+                "interval_seconds": self.source.config.interval,
+                "last_poll": self.last_attempt,
+                "last_success": self.last_success,
+                "last_duration_seconds": self.last_duration,
+                "consecutive_failures": self.consecutive_failures,
+                "last_error": None if error is None else {
+                    "reason": error.reason, "message": error.message, "at": error.at},
+                **self.source.describe(),
+            }
+
+    def hung_for(self) -> float:
+        """Seconds the poll in progress has overrun its deadline by a wide margin, else 0."""
+        started = self.poll_started
+        if started is None:
+            return 0.0
+        allowed = 2 * self.source.config.timeout + 60
+        return max(0.0, time.monotonic() - started - allowed)
+
+
+class Scheduler:
+    def __init__(self, runners: list[SourceRunner]):
+        self.runners = runners
+        self.stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for runner in self.runners:
+            thread = threading.Thread(
+                target=self._loop, args=(runner,), name=f"poll-{runner.name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _loop(self, runner: SourceRunner) -> None:
+        interval = runner.source.config.interval
+        # Spread the first polls of many sources; small, so readiness comes quickly.
+        if self.stopping.wait(random.uniform(0, min(MAX_START_JITTER, interval / 4))):
+            return
+        next_run = time.monotonic()
+        while not self.stopping.is_set():
+            runner.poll_once()
+            next_run += interval
+            now = time.monotonic()
+            if next_run < now:  # the poll overran: skip the missed ticks, never run back to back
+                next_run = now + interval - (now - next_run) % interval
+            if self.stopping.wait(next_run - now):
+                break
+
+    def alive(self) -> bool:
+        """All loops running and none stuck in a poll far beyond its deadline."""
+        return all(t.is_alive() for t in self._threads) and not any(
+            r.hung_for() for r in self.runners)
+
+    def stop(self, timeout: float) -> None:
+        """Stop the loops: let polls in progress finish, interrupt those that do not in time."""
+        self.stopping.set()
+        deadline = time.monotonic() + timeout
+        for runner, thread in zip(self.runners, self._threads, strict=True):
+            thread.join(max(0.0, deadline - time.monotonic() - 1.0))
+            if thread.is_alive():
+                runner.source.interrupt()
+        for runner, thread in zip(self.runners, self._threads, strict=True):
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if not thread.is_alive():  # a poll still running owns its connection: leave it
+                runner.source.close()

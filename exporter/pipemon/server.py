@@ -1,0 +1,148 @@
+"""HTTP: /metrics (prometheus_client's WSGI app), /healthz, /readyz, /health (JSON) and /.
+
+/healthz says whether the process and its poll loops are alive, never whether a database is up,
+or Kubernetes would restart pipemon every time the database blinks. /readyz and /health carry
+the sources' status.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import socket
+import threading
+import time
+from datetime import UTC, datetime
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import make_wsgi_app
+
+from pipemon.app import VERSION, App
+
+log = logging.getLogger(__name__)
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args) -> None:
+        log.debug("%s - %s", self.address_string(), format % args)
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """`127.0.0.1:9864`, `[::1]:9864` or `:9864` (all interfaces) -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port, got {text!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    ago = max(0.0, time.time() - ts)
+    stamp = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{stamp} ({ago:.0f}s ago)"
+
+
+def landing_page(app: App) -> str:
+    rows = []
+    for s in app.health()["sources"]:
+        error = s["last_error"]
+        error_text = f"{error['reason']}: {error['message']}" if error else ""
+        duration = s["last_duration_seconds"]
+        cells = [
+            s["name"], s["kind"], s["status"], s.get("target", ""), s.get("table", ""),
+            _when(s["last_poll"]), _when(s["last_success"]),
+            "" if duration is None else f"{duration * 1000:.1f} ms", error_text,
+        ]
+        rows.append(
+            f'<tr class="{html.escape(s["status"])}">'
+            + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    header = "".join(f"<th>{h}</th>" for h in (
+        "source", "kind", "status", "target", "table", "last poll", "last success",
+        "duration", "last error"))
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>pipemon</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
+tr.down td:nth-child(3){{color:#b00;font-weight:bold}}tr.up td:nth-child(3){{color:#070}}</style>
+</head><body><h1>pipemon {html.escape(VERSION)}</h1>
+<p><a href="/metrics">/metrics</a> &middot; <a href="/health">/health</a> (JSON) &middot;
+<a href="/readyz">/readyz</a> &middot; <a href="/healthz">/healthz</a></p>
+<table><tr>{header}</tr>
+{"".join(rows)}
+</table></body></html>
+"""
+
+
+def make_app(app: App):
+    """The WSGI application serving every endpoint."""
+    metrics_app = make_wsgi_app(app.registry)
+
+    def respond(start_response, status: str, body: str, content_type: str) -> list[bytes]:
+        data = body.encode("utf-8")
+        start_response(status, [("Content-Type", content_type),
+                                ("Content-Length", str(len(data))),
+                                ("Cache-Control", "no-store")])
+        return [data]
+
+    def dispatch(environ, start_response):
+        path = environ.get("PATH_INFO", "/")
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return respond(start_response, "405 Method Not Allowed", "GET only\n", "text/plain")
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        if path == "/healthz":
+            ok = app.scheduler.alive()
+            return respond(start_response, "200 OK" if ok else "503 Service Unavailable",
+                           "ok\n" if ok else "poll loop dead or hung\n", "text/plain")
+        if path == "/readyz":
+            ok = app.ready
+            return respond(start_response, "200 OK" if ok else "503 Service Unavailable",
+                           "ready\n" if ok else "waiting for first polls\n", "text/plain")
+        if path == "/health":
+            body = app.health()
+            body["timestamp"] = datetime.now(UTC).isoformat(timespec="seconds")
+            status = "200 OK" if body["status"] == "ok" else "503 Service Unavailable"
+            return respond(start_response, status, json.dumps(body, indent=2) + "\n",
+                           "application/json")
+        if path == "/":
+            return respond(start_response, "200 OK", landing_page(app),
+                           "text/html; charset=utf-8")
+        return respond(start_response, "404 Not Found", "not found\n", "text/plain")
+
+    return dispatch
+
+
+class HttpServer:
+    """The threaded server on its own thread; `stop()` closes the socket."""
+
+    def __init__(self, app: App, host: str, port: int):
+        server_class = _Server6 if ":" in host else _Server
+        self._server = make_server(host, port, make_app(app), server_class=server_class,
+                                   handler_class=_QuietHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.2}, name="http",
+                                        daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self._server.server_port
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

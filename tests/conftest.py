@@ -1,0 +1,107 @@
+"""Fixtures for real PostgreSQL: PIPEMON_TEST_POSTGRES_DSN, else testcontainers where a Docker
+engine answers, else a throwaway cluster from the local PostgreSQL binaries. Never a skip."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from tests.helpers import build_app, free_port
+from tests.pgcluster import PgCluster
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = (ROOT / "examples" / "schema.sql").read_text()
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """An admin DSN of a PostgreSQL server the tests may create databases on."""
+    dsn = os.environ.get("PIPEMON_TEST_POSTGRES_DSN")
+    if dsn:
+        yield dsn
+        return
+    if _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:15-alpine", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    cluster = PgCluster(free_port()).init()
+    cluster.start()
+    try:
+        yield cluster.dsn()
+    finally:
+        cluster.destroy()
+
+
+def _create_database(admin_dsn: str) -> tuple[str, str]:
+    name = f"pipemon_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name, make_conninfo(admin_dsn, dbname=name)
+
+
+def _drop_database(admin_dsn: str, name: str) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_dsn(postgres_server):
+    """A fresh database with the example schema, dropped after the test."""
+    name, dsn = _create_database(postgres_server)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SCHEMA)
+    try:
+        yield dsn
+    finally:
+        _drop_database(postgres_server, name)
+
+
+@pytest.fixture
+def db(pg_dsn):
+    """An autocommit connection to the test database, for arranging data."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def cluster():
+    """A PostgreSQL of the test's own (password auth), which the test may stop and start."""
+    cluster = PgCluster(free_port(), password="pg-Secr3t-pw-9f1c").init()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def make_app(tmp_path):
+    """Build Apps from source dicts; every one is closed after the test, pass or fail."""
+    apps = []
+
+    def make(sources, **top):
+        folder = tmp_path / f"app{len(apps)}"
+        folder.mkdir()
+        apps.append(build_app(folder, sources, **top))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        app.close()

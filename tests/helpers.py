@@ -1,0 +1,67 @@
+"""Small test helpers: free ports, waiting with a deadline, reading samples, running pipemon."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+from prometheus_client import CollectorRegistry
+
+from pipemon.app import App
+from pipemon.config import load
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05):
+    """Poll `check` until it returns something truthy; fail saying what it returned last."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except Exception as exc:  # the thing waited for may not answer yet
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last saw: {last!r}")
+
+
+def write_config(path, sources: list[dict], **top: Any) -> str:
+    path.write_text(yaml.safe_dump({**top, "sources": sources}, sort_keys=False))
+    return str(path)
+
+
+def build_app(tmp_path, sources: list[dict], **top: Any) -> App:
+    config = load(write_config(tmp_path / "pipemon.yaml", sources, **top))
+    return App(config, registry=CollectorRegistry())
+
+
+def sample(app: App, name: str, **labels: str) -> float | None:
+    return app.registry.get_sample_value(name, labels)
+
+
+def queue_source(dsn: str, **overrides: Any) -> dict:
+    """The generic queue source for tests/schema (examples/schema.sql)."""
+    source = {
+        "name": "stems",
+        "kind": "queue",
+        "dsn": dsn,
+        "timeout": "5s",
+        "table": "jobs",
+        "columns": {"id": "id", "queue": "queue", "state": "status",
+                    "created_at": "created_at", "available_at": "run_at",
+                    "started_at": "started_at", "finished_at": "finished_at"},
+        "stuck_after": "30m",
+    }
+    source.update(overrides)
+    return source

@@ -1,0 +1,168 @@
+"""Config loading: interpolation, secrets from files, durations, and one clear line per problem."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pipemon.config import ConfigError, duration, interpolate, load
+from tests.conftest import ROOT
+
+EXAMPLE = ROOT / "examples" / "pipemon.yaml"
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipemon", *args], capture_output=True,
+                          text=True, timeout=60, env=env)
+
+
+def problems_of(tmp_path, document: dict, env: dict | None = None) -> list[str]:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    with pytest.raises(ConfigError) as err:
+        load(path, env=env or {})
+    return err.value.lines()
+
+
+def queue(**overrides):
+    source = {
+        "name": "stems", "kind": "queue", "dsn": "postgresql://u@localhost/db", "table": "jobs",
+        "columns": {"id": "id", "state": "status", "created_at": "created_at",
+                    "finished_at": "finished_at"},
+    }
+    source.update(overrides)
+    return source
+
+
+def test_example_config_is_valid_and_complete():
+    config = load(EXAMPLE, env={})
+    stems, analysis = config.sources
+    assert (stems.kind, stems.interval, stems.timeout, stems.stuck_after) == \
+        ("queue", 15, 5, 1800)
+    assert stems.columns.available_at == "run_at"
+    assert stems.states["running"] == "running"
+    assert (analysis.kind, analysis.table, analysis.time_column) == \
+        ("analysis", "audio_events_cache", "created_at")
+    assert analysis.duration_seconds == "processing_ms / 1000.0"
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("15s", 15), ("5m", 300), ("1h30m", 5400), ("250ms", 0.25), ("1d", 86400), ("0s", 0),
+])
+def test_durations(text, seconds):
+    assert duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["15", "5 minutes", "m", "", "1x", 15])
+def test_durations_without_unit_are_refused(text):
+    with pytest.raises(ValueError, match="expected a duration"):
+        duration(text)
+
+
+def test_interpolation_with_defaults_and_escapes():
+    env = {"HOST": "db.internal", "EMPTY": ""}
+    assert interpolate("postgresql://${HOST}:${PORT:-5432}/x", env) == \
+        "postgresql://db.internal:5432/x"
+    assert interpolate("${EMPTY:-fallback} $${HOST}", env) == "fallback ${HOST}"
+    with pytest.raises(ValueError, match="environment variable MISSING is not set"):
+        interpolate("${MISSING}", env)
+
+
+def test_secret_from_file_relative_to_config(tmp_path):
+    (tmp_path / "dsn.txt").write_text("postgresql://u:pw@localhost/db\n")
+    path = tmp_path / "c.yaml"
+    source = queue(dsn_file="dsn.txt")
+    del source["dsn"]
+    path.write_text(yaml.safe_dump({"sources": [source]}))
+    config = load(path, env={})
+    assert config.sources[0].dsn.reveal() == "postgresql://u:pw@localhost/db"
+    assert "pw" not in repr(config)
+
+
+def test_every_problem_is_reported_with_its_path(tmp_path):
+    bad_columns = {"id": "id", "created_at": "c", "finished_at": "f", "colour": "x"}
+    lines = problems_of(tmp_path, {
+        "sources": [
+            queue(),
+            queue(name="second", columns=bad_columns, interval="10", stuck_after="soon",
+                  states={"done": "finished"}),
+            {"name": "a", "kind": "analysis", "dsn": "${NOT_SET}", "tabel": "x"},
+            {"name": "b", "kind": "kafka"},
+            queue(),
+        ],
+        "extra": 1,
+    })
+    file = str(tmp_path / "bad.yaml")
+    expected = [
+        "sources[1].interval: expected a duration like 15s, 5m or 1h30m, got '10'",
+        "sources[1].columns.state: required",
+        "sources[1].columns.colour: unknown key",
+        "sources[1].states.done: expected one of scheduled, waiting, running, retrying, "
+        "succeeded, failed, cancelled, got 'finished'",
+        "sources[1].stuck_after: expected a duration like 15s, 5m or 1h30m, got 'soon'",
+        "sources[2].dsn: environment variable NOT_SET is not set",
+        "sources[2].tabel: unknown key",
+        "sources[3].kind: expected one of analysis, queue, got 'kafka'",
+        "sources[4].name: duplicate source name 'stems'",
+        "extra: unknown key",
+    ]
+    assert sorted(lines) == sorted(f"{file}: {line}" for line in expected)
+
+
+def test_dsn_and_dsn_file_conflict_and_unreadable_file(tmp_path):
+    lines = problems_of(tmp_path, {"sources": [
+        queue(dsn_file="x"), queue(name="b", dsn=None, dsn_file="missing.txt"),
+        queue(name="c", dsn="postgresql://u:hunter2@[oops/db"),
+    ]})
+    assert any(line.endswith("sources[0].dsn: set either dsn or dsn_file, not both")
+               for line in lines)
+    assert any("sources[1].dsn_file: cannot read 'missing.txt'" in line for line in lines)
+    assert any("sources[2].dsn: invalid DSN" in line for line in lines)
+    assert not any("hunter2" in line for line in lines), lines
+
+
+def test_timeout_longer_than_interval_is_refused(tmp_path):
+    lines = problems_of(tmp_path, {"sources": [queue(interval="5s", timeout="10s")]})
+    assert lines == [f"{tmp_path / 'bad.yaml'}: sources[0].timeout: must not exceed interval "
+                     "(5s): polls would overlap"]
+
+
+def test_check_config_cli_valid():
+    result = run_cli("check-config", str(EXAMPLE))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == \
+        f"{EXAMPLE}: valid: 2 sources (1 analysis, 1 queue): stems, analysis"
+
+
+@pytest.mark.parametrize("content", [
+    "sources: [ {name: x",          # YAML syntax
+    "- just\n- a list\n",           # wrong top-level type
+    "sources:\n  - name: x\n    kind: queue\n    table: jobs\n",
+])
+def test_check_config_cli_invalid_exits_2_without_traceback(tmp_path, content):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines and all(line.startswith(f"{path}: ") for line in lines), result.stderr
+    assert result.stdout == ""
+
+
+def test_check_config_cli_missing_file(tmp_path):
+    result = run_cli("check-config", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"{tmp_path / 'nope.yaml'}: cannot read file: " \
+        "No such file or directory"
+
+
+def test_serve_with_invalid_config_starts_nothing(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("sources: []\n")
+    result = run_cli("serve", "--config", str(path), "--web.listen-address", "127.0.0.1:0")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"{path}: sources: expected a non-empty list of sources"

@@ -1,0 +1,281 @@
+"""The generic queue source against a real PostgreSQL: counts checked against ground truth."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from tests.helpers import queue_source, sample
+
+pytestmark = pytest.mark.postgres
+
+BUCKETS = ("1.0", "2.5", "5.0", "10.0", "30.0", "60.0", "120.0", "180.0", "300.0", "450.0",
+           "600.0", "900.0", "1200.0", "1800.0", "2700.0", "3600.0", "+Inf")
+
+
+def insert(db, queue: str, n: int, status: str = "waiting", **sql_values: str) -> list[int]:
+    """Insert `n` jobs; `sql_values` are SQL expressions for other columns."""
+    cols = ["queue", "status", *sql_values]
+    exprs = ["%s", "%s", *sql_values.values()]
+    rows = db.execute(
+        f"INSERT INTO jobs ({', '.join(cols)}) SELECT {', '.join(exprs)} "
+        "FROM generate_series(1, %s) RETURNING id", (queue, status, n)).fetchall()
+    return [r[0] for r in rows]
+
+
+def finish(db, ids: list[int], status: str, run_seconds: float) -> None:
+    db.execute(
+        "UPDATE jobs SET status = %s, started_at = now() - make_interval(secs => %s),"
+        " finished_at = now() WHERE id = ANY(%s)", (status, run_seconds, ids))
+
+
+def jobs(app, queue, state):
+    return sample(app, "pipemon_queue_jobs", source="stems", queue=queue, state=state)
+
+
+def finished(app, queue, outcome):
+    return sample(app, "pipemon_queue_jobs_finished_total", source="stems", queue=queue,
+                  outcome=outcome)
+
+
+def run_buckets(app, queue, outcome):
+    return [sample(app, "pipemon_queue_job_run_seconds_bucket", source="stems", queue=queue,
+                   outcome=outcome, le=le) for le in BUCKETS]
+
+
+@pytest.fixture
+def app(make_app, pg_dsn):
+    return make_app([queue_source(pg_dsn)])
+
+
+def test_gauges_match_the_table_and_zero_fill_every_state(app, db):
+    insert(db, "stems", 7)
+    insert(db, "stems", 2, "running", started_at="now() - interval '2 hours'")  # stuck
+    insert(db, "stems", 1, "running", started_at="now()")
+    insert(db, "stems", 3, "waiting", run_at="now() + interval '10 minutes'")  # not yet due
+    insert(db, "stems", 4, "retrying")
+    insert(db, "mixdown", 1, "waiting", created_at="now() - interval '90 seconds'",
+           run_at="now() - interval '90 seconds'")
+    insert(db, "mixdown", 5, "succeeded", finished_at="now()")  # final: not a gauge
+    assert app.poll_all_once()
+
+    assert [jobs(app, "stems", s) for s in ("waiting", "scheduled", "running", "retrying")] == \
+        [7, 3, 3, 4]
+    assert [jobs(app, "mixdown", s) for s in ("waiting", "scheduled", "running", "retrying")] == \
+        [1, 0, 0, 0]
+    assert sample(app, "pipemon_queue_stuck_jobs", source="stems", queue="stems") == 2
+    assert sample(app, "pipemon_queue_stuck_jobs", source="stems", queue="mixdown") == 0
+    oldest = sample(app, "pipemon_queue_oldest_waiting_seconds", source="stems",
+                    queue="mixdown")
+    assert 90 <= oldest < 150
+    assert sample(app, "pipemon_source_up", source="stems", kind="queue") == 1
+
+
+def test_finished_jobs_counted_exactly_with_run_time_histograms(app, db):
+    ids = insert(db, "stems", 10, created_at="now() - interval '1 minute'")
+    assert app.poll_all_once()  # first poll: watermark at now(), nothing counted
+    assert finished(app, "stems", "succeeded") == 0
+
+    finish(db, ids[0:3], "succeeded", 0.5)
+    finish(db, ids[3:5], "succeeded", 200)
+    finish(db, ids[5:6], "succeeded", 4000)
+    finish(db, ids[6:8], "failed", 45)
+    finish(db, ids[8:9], "cancelled", 3)
+    assert app.poll_all_once()
+
+    assert finished(app, "stems", "succeeded") == 6
+    assert finished(app, "stems", "failed") == 2
+    assert finished(app, "stems", "cancelled") == 1
+    # cumulative buckets: 3 jobs <= 1 s, 2 in (180, 300], 1 above 3600
+    assert run_buckets(app, "stems", "succeeded") == \
+        [3, 3, 3, 3, 3, 3, 3, 3, 5, 5, 5, 5, 5, 5, 5, 5, 6]
+    assert run_buckets(app, "stems", "failed") == [0] * 5 + [2] * 12
+    total = sample(app, "pipemon_queue_job_run_seconds_sum", source="stems", queue="stems",
+                   outcome="succeeded")
+    assert total == pytest.approx(3 * 0.5 + 2 * 200 + 4000, abs=0.1)
+
+    # Nothing new: the overlap window re-reads these rows but counts none of them again.
+    assert app.poll_all_once()
+    assert finished(app, "stems", "succeeded") == 6
+    assert sample(app, "pipemon_queue_job_run_seconds_count", source="stems", queue="stems",
+                  outcome="succeeded") == 6
+
+
+def test_wait_time_observed_when_jobs_start(app, db):
+    ids = insert(db, "stems", 4, created_at="now() - interval '42 seconds'",
+                 run_at="now() - interval '42 seconds'")
+    assert app.poll_all_once()
+    db.execute("UPDATE jobs SET status = 'running', started_at = now() WHERE id = ANY(%s)",
+               (ids[:3],))
+    assert app.poll_all_once()
+    labels = {"source": "stems", "queue": "stems"}
+    assert sample(app, "pipemon_queue_job_wait_seconds_count", **labels) == 3
+    assert sample(app, "pipemon_queue_job_wait_seconds_bucket", le="30.0", **labels) == 0
+    assert sample(app, "pipemon_queue_job_wait_seconds_bucket", le="60.0", **labels) == 3
+    assert jobs(app, "stems", "running") == 3
+    assert jobs(app, "stems", "waiting") == 1
+
+
+def test_late_commit_is_counted_once(app, db, pg_dsn):
+    ids = insert(db, "stems", 3)
+    assert app.poll_all_once()
+    with psycopg.connect(pg_dsn) as slow:  # a worker whose transaction commits late
+        slow.execute("SELECT now()")  # fixes the transaction's now() before the next poll
+        slow.execute("UPDATE jobs SET status = 'succeeded', started_at = now(),"
+                     " finished_at = now() WHERE id = ANY(%s)", (ids,))
+        assert app.poll_all_once()
+        assert finished(app, "stems", "succeeded") == 0  # not committed yet
+        slow.commit()
+    assert app.poll_all_once()
+    assert finished(app, "stems", "succeeded") == 3
+    assert app.poll_all_once()
+    assert finished(app, "stems", "succeeded") == 3
+
+
+def test_without_a_late_commit_window_the_late_rows_are_lost(make_app, pg_dsn, db):
+    """The counter-proof of the test above: the window is what catches late commits."""
+    app = make_app([queue_source(pg_dsn, late_commit_window="0s")])
+    ids = insert(db, "stems", 3)
+    assert app.poll_all_once()
+    with psycopg.connect(pg_dsn) as slow:
+        slow.execute("SELECT now()")
+        slow.execute("UPDATE jobs SET status = 'succeeded', finished_at = now()"
+                     " WHERE id = ANY(%s)", (ids,))
+        assert app.poll_all_once()
+        slow.commit()
+    assert app.poll_all_once()
+    assert finished(app, "stems", "succeeded") == 0
+
+
+def test_restart_starts_from_now_without_backfill(make_app, pg_dsn, db):
+    ids = insert(db, "stems", 6)
+    first = make_app([queue_source(pg_dsn)])
+    assert first.poll_all_once()
+    finish(db, ids[:4], "succeeded", 1)
+    assert first.poll_all_once()
+    assert finished(first, "stems", "succeeded") == 4
+
+    restarted = make_app([queue_source(pg_dsn)])
+    assert restarted.poll_all_once()
+    assert restarted.poll_all_once()
+    assert finished(restarted, "stems", "succeeded") == 0  # the 4 were before its start
+    finish(db, ids[4:], "failed", 1)
+    assert restarted.poll_all_once()
+    assert finished(restarted, "stems", "failed") == 2
+    assert finished(restarted, "stems", "succeeded") == 0
+
+
+def test_a_job_finishing_again_after_a_retry_counts_again(app, db):
+    (job,) = insert(db, "stems", 1)
+    assert app.poll_all_once()
+    finish(db, [job], "failed", 1)
+    assert app.poll_all_once()
+    db.execute("UPDATE jobs SET status = 'waiting', finished_at = NULL WHERE id = %s", (job,))
+    assert app.poll_all_once()
+    db.execute("UPDATE jobs SET status = 'succeeded', finished_at = clock_timestamp()"
+               " WHERE id = %s", (job,))
+    assert app.poll_all_once()
+    assert (finished(app, "stems", "failed"), finished(app, "stems", "succeeded")) == (1, 1)
+
+
+def test_a_burst_larger_than_one_poll_is_read_over_several_polls(make_app, pg_dsn, db):
+    app = make_app([queue_source(pg_dsn, page_size=100, max_rows_per_poll=300)])
+    ids = insert(db, "stems", 1000)
+    assert app.poll_all_once()
+    finish(db, ids, "succeeded", 2)
+    counts = []
+    for _ in range(5):
+        assert app.poll_all_once()
+        counts.append(finished(app, "stems", "succeeded"))
+    assert counts == [300, 600, 900, 1000, 1000]
+
+
+def test_unmapped_states_and_queue_cap(make_app, pg_dsn, db):
+    app = make_app([queue_source(pg_dsn, max_queues=2)])
+    for queue in ("a", "b", "c", "d"):
+        insert(db, queue, 1)
+    insert(db, "a", 2, "paused")
+    assert app.poll_all_once()
+    queues = {labels["queue"] for name, labels in _samples(app, "pipemon_queue_jobs")}
+    assert queues == {"a", "b", "other"}
+    assert jobs(app, "other", "waiting") == 2
+    assert sample(app, "pipemon_source_folded_label_values", source="stems",
+                  label="queue") == 2
+    assert sample(app, "pipemon_queue_unmapped_jobs", source="stems", raw_state="paused") == 2
+
+
+def test_queue_filter_and_default_queue(make_app, pg_dsn, db):
+    insert(db, "stems", 2)
+    insert(db, "other-team", 5)
+    filtered = make_app([queue_source(pg_dsn, queues=["stems", "idle"])])
+    assert filtered.poll_all_once()
+    assert {labels["queue"] for _, labels in _samples(filtered, "pipemon_queue_jobs")} == \
+        {"stems", "idle"}
+    assert jobs(filtered, "idle", "waiting") == 0  # configured queues are always exported
+
+    source = queue_source(pg_dsn, default_queue="all")
+    del source["columns"]["queue"]
+    single = make_app([source])
+    assert single.poll_all_once()
+    assert jobs(single, "all", "waiting") == 7
+
+
+def test_subquery_table_and_timestamp_without_time_zone(make_app, pg_dsn, db):
+    db.execute("CREATE TABLE legacy (job_id int, q text, st text, enq timestamp,"
+               " fin timestamp)")
+    db.execute("INSERT INTO legacy VALUES (1, 'x', 'new', localtimestamp, NULL),"
+               " (2, 'x', 'new', localtimestamp, NULL)")
+    source = queue_source(
+        pg_dsn, table="(SELECT job_id, q, st, enq, fin FROM legacy WHERE q <> 'ignored')",
+        columns={"id": "job_id", "queue": "q", "state": "st", "created_at": "enq",
+                 "finished_at": "fin"},
+        states={"new": "waiting", "ok": "succeeded", "err": "failed"})
+    app = make_app([source])
+    assert app.poll_all_once()
+    db.execute("UPDATE legacy SET st = 'err', fin = localtimestamp WHERE job_id = 1")
+    assert app.poll_all_once()
+    assert jobs(app, "x", "waiting") == 1
+    assert finished(app, "x", "failed") == 1
+    # no started_at column: no run/wait histograms, and no stuck jobs
+    assert sample(app, "pipemon_queue_job_run_seconds_count", source="stems", queue="x",
+                  outcome="failed") is None
+    assert sample(app, "pipemon_queue_stuck_jobs", source="stems", queue="x") == 0
+
+
+def test_analysis_results_counted_with_durations(make_app, pg_dsn, db):
+    app = make_app([{
+        "name": "analysis", "kind": "analysis", "dsn": pg_dsn, "table": "audio_events_cache",
+        "duration_seconds": "processing_ms / 1000.0"}])
+    assert app.poll_all_once()
+    db.execute("INSERT INTO audio_events_cache (track_id, timeline, processing_ms) VALUES"
+               " (1, '[]', 800), (2, '[]', 12000), (3, NULL, 500), (4, '[1]', NULL)")
+    assert app.poll_all_once()
+    assert app.poll_all_once()
+    value = lambda name, **kw: sample(app, name, source="analysis", **kw)  # noqa: E731
+    assert value("pipemon_analysis_results_total", outcome="succeeded") == 3
+    assert value("pipemon_analysis_results_total", outcome="failed") == 1
+    assert value("pipemon_analysis_duration_seconds_count") == 3
+    assert value("pipemon_analysis_duration_seconds_bucket", le="1.0") == 2
+    assert value("pipemon_analysis_duration_seconds_bucket", le="30.0") == 3
+
+
+def test_exporter_never_writes(make_app, pg_dsn, db):
+    """Expressions from the config run in a read-only transaction: a write is refused."""
+    app = make_app([{
+        "name": "analysis", "kind": "analysis", "dsn": pg_dsn,
+        "table": "(SELECT a.*, (SELECT count(*) FROM jobs) AS n FROM audio_events_cache a)",
+        "duration_seconds": "nextval('jobs_id_seq')"}])
+    assert app.poll_all_once()
+    db.execute("INSERT INTO audio_events_cache (track_id, timeline) VALUES (1, '[]')")
+    assert not app.poll_all_once()
+    runner = app.runners[0]
+    assert runner.last_error.reason == "sql_error"
+    assert "read-only transaction" in runner.last_error.message
+    assert db.execute("SELECT last_value FROM jobs_id_seq").fetchone()[0] == 1
+
+
+def _samples(app, name):
+    for metric in app.registry.collect():
+        for s in metric.samples:
+            if s.name == name:
+                yield s.name, s.labels
