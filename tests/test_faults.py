@@ -144,3 +144,13 @@ def test_scrapes_during_polls_see_consistent_families(make_app, pg_dsn, db):
         stop.set()
         thread.join()
     assert problems == []
+
+
+def test_poll_all_once_polls_every_source_even_after_a_failure(make_app, pg_dsn):
+    """Regression: a failing first source must not cancel the polls of the others."""
+    sources = [queue_source(pg_dsn, name="broken", table="missing")]
+    sources += [queue_source(pg_dsn, name=f"s{i}") for i in range(12)]
+    app = make_app(sources)
+    for _ in range(3):
+        assert not app.poll_all_once()
+    assert [runner.polls for runner in app.runners] == [3] * 13

@@ -61,7 +61,10 @@ class App:
     def poll_all_once(self) -> bool:
         """Poll every source once, concurrently; True when all succeeded."""
         with ThreadPoolExecutor(max_workers=min(8, len(self.runners))) as pool:
-            return all(pool.map(lambda runner: runner.poll_once(), self.runners))
+            # list() first: all() would stop at the first failure, and closing map's iterator
+            # early cancels the polls that have not started yet.
+            results = list(pool.map(lambda runner: runner.poll_once(), self.runners))
+        return all(results)
 
     def close(self) -> None:
         for runner in self.runners:
