@@ -1,6 +1,6 @@
 """Create the example database for `make run`: the schema and a few jobs in every state.
 
-Idempotent: an existing database is reused and topped up. Reads PIPEMON_POSTGRES_DSN.
+Idempotent: an existing database is reused as it is. Reads PIPEMON_POSTGRES_DSN.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def main() -> int:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
         with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
             conn.execute(SCHEMA)
-            conn.execute(SAMPLE)
+            if conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 0:
+                conn.execute(SAMPLE)
     except psycopg.Error as err:
         print(f"example_db: cannot prepare {dbname!r}: {str(err).splitlines()[0]}",
               file=sys.stderr)
