@@ -65,3 +65,17 @@ def queue_source(dsn: str, **overrides: Any) -> dict:
     }
     source.update(overrides)
     return source
+
+
+def url_dsn(dsn: str) -> str:
+    """A libpq key=value DSN as a postgresql:// URL, which Node's pg understands."""
+    from urllib.parse import quote
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(dsn)
+    auth = quote(params.get("user", "postgres"), safe="")
+    if params.get("password"):
+        auth += ":" + quote(params["password"], safe="")
+    host = params.get("host", "127.0.0.1")
+    return f"postgresql://{auth}@{host}:{params.get('port', 5432)}/{params['dbname']}"

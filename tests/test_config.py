@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from pipemon.config import ConfigError, duration, interpolate, load
+from pipemon.sources import KINDS
 from tests.conftest import ROOT
 
 EXAMPLE = ROOT / "examples" / "pipemon.yaml"
@@ -105,7 +106,7 @@ def test_every_problem_is_reported_with_its_path(tmp_path):
         "sources[1].stuck_after: expected a duration like 15s, 5m or 1h30m, got 'soon'",
         "sources[2].dsn: environment variable NOT_SET is not set",
         "sources[2].tabel: unknown key",
-        "sources[3].kind: expected one of analysis, queue, got 'kafka'",
+        f"sources[3].kind: expected one of {', '.join(sorted(KINDS))}, got 'kafka'",
         "sources[4].name: duplicate source name 'stems'",
         "extra: unknown key",
     ]
@@ -122,6 +123,24 @@ def test_dsn_and_dsn_file_conflict_and_unreadable_file(tmp_path):
     assert any("sources[1].dsn_file: cannot read 'missing.txt'" in line for line in lines)
     assert any("sources[2].dsn: invalid DSN" in line for line in lines)
     assert not any("hunter2" in line for line in lines), lines
+
+
+def test_presets_need_only_a_dsn_and_refuse_generic_keys(tmp_path):
+    path = tmp_path / "presets.yaml"
+    path.write_text(yaml.safe_dump({"sources": [
+        {"name": p, "kind": "queue", "preset": p, "dsn": "postgresql://u@h/db"}
+        for p in ("procrastinate", "pgboss", "graphile_worker")]}))
+    assert [s.preset for s in load(path, env={}).sources] == \
+        ["procrastinate", "pgboss", "graphile_worker"]
+    lines = problems_of(tmp_path, {"sources": [
+        {**queue(), "preset": "pgboss"}, {**queue(name="b"), "preset": "celery"}]})
+    file = tmp_path / "bad.yaml"
+    assert sorted(lines) == sorted([
+        f"{file}: sources[0].table: not used with preset pgboss: the preset knows its schema",
+        f"{file}: sources[0].columns: not used with preset pgboss: the preset knows its schema",
+        f"{file}: sources[1].preset: expected one of generic, procrastinate, pgboss, "
+        "graphile_worker, got 'celery'",
+    ])
 
 
 def test_timeout_longer_than_interval_is_refused(tmp_path):

@@ -28,7 +28,8 @@ QueryBuilder = Callable[[bool], sql.Composable]
 
 class IncrementalReader:
     def __init__(
-        self, name: str, query: QueryBuilder, overlap: float, page_size: int, max_rows: int
+        self, name: str, query: QueryBuilder, overlap: float, page_size: int, max_rows: int,
+        floor_sql: sql.Composable | None = None,
     ):
         self.name = name
         self._query = query
@@ -39,6 +40,9 @@ class IncrementalReader:
         self._watermark: datetime | None = None
         self._resume_after: tuple[datetime, Any] | None = None
         self._seen: dict[tuple[Any, datetime], datetime] = {}
+        # Optional id floor (see _id_floor): (db time, largest id visible then), oldest first.
+        self._floor_sql = floor_sql
+        self._id_marks: list[tuple[datetime, Any]] = []
 
     @property
     def started(self) -> bool:
@@ -46,17 +50,20 @@ class IncrementalReader:
 
     def read(self, cur: Cursor, db_now: datetime) -> list[tuple]:
         """The new rows since the previous call, oldest first."""
+        if self._floor_sql is not None:
+            self._id_marks.append((db_now, cur.rows(self._floor_sql)[0][0]))
         if self._watermark is None:
             # Run the query once, reading nothing, so a wrong column fails the first poll.
-            cur.rows(self._query(False), {"since": db_now, "limit": 0})
+            cur.rows(self._query(False), {"since": db_now, "limit": 0, "id_floor": None})
             self._floor = self._watermark = db_now
             return []
         since = max(self._watermark - self._overlap, self._floor)
         after = self._resume_after
         new_rows: list[tuple] = []
         read = 0
+        id_floor = self._id_floor(since)
         while True:
-            params = {"since": since, "limit": self._page_size}
+            params = {"since": since, "limit": self._page_size, "id_floor": id_floor}
             if after is not None:
                 params["after_ts"], params["after_id"] = after
             page = cur.rows(self._query(after is not None), params)
@@ -81,6 +88,20 @@ class IncrementalReader:
                 break
         self._forget_before(max(self._watermark - self._overlap, self._floor))
         return new_rows
+
+    def _id_floor(self, since: datetime) -> Any:
+        """An id below every row whose timestamp is after `since`, or None.
+
+        For tables whose timestamp has no index but whose id comes from a sequence (procrastinate
+        events): a row stamped after `since` was inserted after `since`, so its id is above every
+        id that was visible at a poll whose now() was at or before `since`. Queries add
+        `id > %(id_floor)s` and the primary key does the range scan.
+        """
+        usable = [mark for mark in self._id_marks if mark[0] <= since]
+        if not usable:
+            return None
+        self._id_marks = self._id_marks[len(usable) - 1:]
+        return usable[-1][1]
 
     def _forget_before(self, since: datetime) -> None:
         """Rows at or before `since` are never read again, so they need no memory."""

@@ -87,6 +87,12 @@ QUEUE_UNMAPPED = Spec(
     "Jobs whose raw state is not in the source's `states` mapping (checked at a slow interval).",
     ("source", "raw_state"))
 
+QUEUE_PERMANENTLY_FAILED = Spec(
+    "pipemon_queue_permanently_failed_jobs", "gauge",
+    "Jobs that used up their attempts and stay in the table (libraries that delete succeeded"
+    " jobs, such as graphile-worker, have no finished counters: this is what they keep).",
+    ("source", "queue"))
+
 # --- analysis ---
 ANALYSIS_RESULTS = Spec(
     "pipemon_analysis_results_total", "counter",

@@ -1,0 +1,78 @@
+"""What a queue preset provides: the SQL that maps one queue library's schema to pipemon's.
+
+A preset writes three kinds of query, each returning pipemon's vocabulary already, so the queue
+source never needs to know which library it reads:
+
+- `active_sql()`: one row per active job: (queue, state, ready_at, stuck), where state is
+  `scheduled`, `waiting`, `running`, `retrying` or, for libraries that keep them, `failed` for
+  permanently failed jobs still in the table. `aggregate()` groups them.
+- `finished_sql(with_after)`: jobs finished since %(since)s: (id, ts, queue, outcome, run_seconds).
+- `started_sql(with_after)`: jobs started since %(since)s: (id, ts, queue, wait_seconds).
+Both incremental queries use `incremental.keyset()` for their WHERE tail and ORDER BY.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from pipemon.db import Cursor, literals
+
+STUCK_AFTER = sql.SQL("now() - make_interval(secs => %(stuck)s)")
+
+
+class QueueSchema:
+    #: shown on the landing page and /health
+    name = "generic"
+    #: finished-job counters and run-time histograms can be read
+    has_finished = True
+    #: start events (wait-time histograms) can be read
+    has_started = True
+    #: what the preset cannot export, said on the landing page and /health instead of inventing
+    missing: str | None = None
+    #: the default PostgreSQL schema of the library's tables
+    default_schema: str | None = None
+
+    def __init__(self, config):
+        self.config = config
+
+    def detect(self, cur: Cursor) -> str:
+        """The library's schema version found in the database; PollError when unsupported."""
+        return "n/a"
+
+    def active_sql(self) -> sql.Composable:
+        raise NotImplementedError
+
+    def finished_sql(self, with_after: bool) -> sql.Composable:
+        raise NotImplementedError
+
+    def started_sql(self, with_after: bool) -> sql.Composable:
+        raise NotImplementedError
+
+    def unmapped_sql(self) -> sql.Composable | None:
+        """A count of jobs in states the preset does not know, or None when it cannot happen."""
+        return None
+
+    def id_floor_sql(self) -> sql.Composable | None:
+        """See IncrementalReader: an id bound that lets a finished query use the primary key."""
+        return None
+
+    # --- helpers for presets ---
+
+    def table(self, name: str) -> sql.Composable:
+        schema = self.config.schema or self.default_schema
+        return sql.Identifier(schema, name) if schema else sql.Identifier(name)
+
+    def queue_filter(self, queue_expr: sql.Composable) -> sql.Composable:
+        if not self.config.queues:
+            return sql.SQL("")
+        return sql.SQL(" AND {} IN ({})").format(queue_expr, literals(self.config.queues))
+
+
+def aggregate(active_rows: sql.Composable) -> sql.Composable:
+    """Group the preset's active rows into (queue, state, jobs, oldest waiting age, stuck)."""
+    return sql.SQL(
+        "SELECT queue, state, count(*),"
+        " coalesce(extract(epoch FROM now() - min(ready_at) FILTER (WHERE state = 'waiting')),"
+        " 0)::float8, count(*) FILTER (WHERE stuck)"
+        " FROM ({rows}) AS active GROUP BY 1, 2 ORDER BY 1, 2"
+    ).format(rows=active_rows)
