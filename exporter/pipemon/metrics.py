@@ -17,6 +17,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 # A boundary at every threshold an alert uses, so the SLI is exact there (DESIGN.md).
@@ -93,6 +94,14 @@ QUEUE_PERMANENTLY_FAILED = Spec(
     " jobs, such as graphile-worker, have no finished counters: this is what they keep).",
     ("source", "queue"))
 
+QUEUE_PAUSED = Spec(
+    "pipemon_queue_paused", "gauge",
+    "1 if the queue is paused (no new job starts), 0 if not (backends that can pause).",
+    ("source", "queue"))
+QUEUE_CONCURRENCY_LIMIT = Spec(
+    "pipemon_queue_concurrency_limit", "gauge",
+    "Jobs the queue may run at once, where the backend has such a limit.", ("source", "queue"))
+
 # --- analysis ---
 ANALYSIS_RESULTS = Spec(
     "pipemon_analysis_results_total", "counter",
@@ -100,6 +109,95 @@ ANALYSIS_RESULTS = Spec(
 ANALYSIS_DURATION = Spec(
     "pipemon_analysis_duration_seconds", "histogram",
     "Processing time of analysis results.", ("source",))
+
+# --- storage (S3 / R2) ---
+STORAGE_PROBE_SUCCESS = Spec(
+    "pipemon_storage_probe_success", "gauge",
+    "1 if the last probe of the bucket succeeded (put, get + checksum, delete; or head + list"
+    " in read-only mode), 0 if any step failed.", ("source", "bucket"))
+STORAGE_PROBE_DURATION = Spec(
+    "pipemon_storage_probe_duration_seconds", "histogram",
+    "Time taken by each successful probe operation, retries included.",
+    ("source", "bucket", "operation"))
+STORAGE_PROBE_FAILURES = Spec(
+    "pipemon_storage_probe_failures_total", "counter",
+    "Failed probe operations, by operation and reason.",
+    ("source", "bucket", "operation", "reason"))
+STORAGE_OBJECTS = Spec(
+    "pipemon_storage_objects", "gauge",
+    "Objects under the prefix at the last inventory (a lower bound when truncated).",
+    ("source", "bucket", "prefix"))
+STORAGE_BYTES = Spec(
+    "pipemon_storage_bytes", "gauge",
+    "Bytes stored under the prefix at the last inventory (a lower bound when truncated).",
+    ("source", "bucket", "prefix"))
+STORAGE_INVENTORY_TRUNCATED = Spec(
+    "pipemon_storage_inventory_truncated", "gauge",
+    "1 if the last inventory of the prefix stopped at max_pages or at its deadline.",
+    ("source", "bucket", "prefix"))
+STORAGE_INVENTORY_ERRORS = Spec(
+    "pipemon_storage_inventory_errors_total", "counter",
+    "Inventory runs that failed, by reason.", ("source", "bucket", "reason"))
+
+# --- checks (user SQL) ---
+# pipemon_check_value has the check's own label columns besides these two: add_sample() below.
+CHECK_VALUE = Spec(
+    "pipemon_check_value", "gauge",
+    "The value the check's SQL returned, one series per row (label columns as labels).",
+    ("source", "check"))
+CHECK_UP = Spec(
+    "pipemon_check_up", "gauge",
+    "1 if the last run of the check succeeded, 0 if it failed (see pipemon_check_errors_total).",
+    ("source", "check"))
+CHECK_ERRORS = Spec(
+    "pipemon_check_errors_total", "counter",
+    "Failed runs of the check, by reason.", ("source", "check", "reason"))
+CHECK_DURATION = Spec(
+    "pipemon_check_duration_seconds", "gauge",
+    "Time taken by the last run of the check.", ("source", "check"))
+
+# --- host (worker tools and scratch directories) ---
+HOST_TOOL_UP = Spec(
+    "pipemon_host_tool_up", "gauge",
+    "1 if the tool's command exited 0 within its timeout at the last poll, 0 otherwise.",
+    ("source", "tool"))
+HOST_TOOL_DURATION = Spec(
+    "pipemon_host_tool_duration_seconds", "gauge",
+    "Time taken by the tool's command at the last poll.", ("source", "tool"))
+HOST_TOOL_INFO = Spec(
+    "pipemon_host_tool_info", "gauge",
+    "Always 1 while the tool is up; `version` is read from its output.",
+    ("source", "tool", "version"))
+HOST_TOOL_FAILURES = Spec(
+    "pipemon_host_tool_failures_total", "counter",
+    "Failed runs of the tool's command, by reason.", ("source", "tool", "reason"))
+HOST_SCRATCH_WRITABLE = Spec(
+    "pipemon_host_scratch_writable", "gauge",
+    "1 if a file could be created and deleted in the directory at the last poll.",
+    ("source", "path"))
+HOST_SCRATCH_BYTES = Spec(
+    "pipemon_host_scratch_bytes", "gauge",
+    "Total size of the regular files under the directory.", ("source", "path"))
+HOST_SCRATCH_FILES = Spec(
+    "pipemon_host_scratch_files", "gauge",
+    "Regular files under the directory.", ("source", "path"))
+HOST_SCRATCH_OLD_FILES = Spec(
+    "pipemon_host_scratch_old_files", "gauge",
+    "Regular files under the directory last modified longer ago than old_after.",
+    ("source", "path"))
+HOST_SCRATCH_WALK_TRUNCATED = Spec(
+    "pipemon_host_scratch_walk_truncated", "gauge",
+    "1 if the walk stopped at max_entries or at its deadline (bytes and files are lower bounds).",
+    ("source", "path"))
+HOST_SCRATCH_FREE_BYTES = Spec(
+    "pipemon_host_scratch_free_bytes", "gauge",
+    "Bytes available to unprivileged users on the directory's filesystem.", ("source", "path"))
+HOST_SCRATCH_FS_SIZE = Spec(
+    "pipemon_host_scratch_filesystem_size_bytes", "gauge",
+    "Size of the directory's filesystem.", ("source", "path"))
+HOST_SCRATCH_ERRORS = Spec(
+    "pipemon_host_scratch_errors_total", "counter",
+    "Polls that found the directory unusable, by reason.", ("source", "path", "reason"))
 
 SELF_SPECS = (BUILD_INFO, SOURCE_UP, SOURCE_POLL_DURATION, SOURCE_POLL_ERRORS,
               SOURCE_LAST_SUCCESS, FOLDED_LABEL_VALUES)
@@ -202,3 +300,8 @@ class LabelCap:
             if len(self.folded) < self.MAX_TRACKED_FOLDED:
                 self.folded.add(value)
             return OTHER
+
+
+def add_sample(family: Metric, labels: dict[str, str], value: float) -> None:
+    """A sample with its own label names (pipemon_check_value: each check has its columns)."""
+    family.samples.append(Sample(family.name, dict(labels), value))

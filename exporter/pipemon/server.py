@@ -61,17 +61,19 @@ def landing_page(app: App) -> str:
         error = s["last_error"]
         error_text = f"{error['reason']}: {error['message']}" if error else ""
         duration = s["last_duration_seconds"]
+        details = "; ".join(f"{key.replace('_', ' ')}: {s[key]}" for key in
+                            ("preset", "schema_version", "missing") if s.get(key))
         cells = [
             s["name"], s["kind"], s["status"], s.get("target", ""), s.get("table", ""),
             _when(s["last_poll"]), _when(s["last_success"]),
-            "" if duration is None else f"{duration * 1000:.1f} ms", error_text,
+            "" if duration is None else f"{duration * 1000:.1f} ms", error_text, details,
         ]
         rows.append(
             f'<tr class="{html.escape(s["status"])}">'
             + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     header = "".join(f"<th>{h}</th>" for h in (
         "source", "kind", "status", "target", "table", "last poll", "last success",
-        "duration", "last error"))
+        "duration", "last error", "details"))
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>pipemon</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pipemon.sources import analysis, queue
+from pipemon.sources import analysis, checks, host, queue, storage, trigger_dev
 from pipemon.sources.base import Source
 
 
@@ -18,6 +18,10 @@ class Kind:
 KINDS: dict[str, Kind] = {
     "queue": Kind(queue.parse_config, queue.QueueSource),
     "analysis": Kind(analysis.parse_config, analysis.AnalysisSource),
+    "storage": Kind(storage.parse_config, storage.StorageSource),
+    "checks": Kind(checks.parse_config, checks.ChecksSource),
+    "host": Kind(host.parse_config, host.HostSource),
+    "trigger_dev": Kind(trigger_dev.parse_config, trigger_dev.TriggerDevSource),
 }
 
 

@@ -1,9 +1,12 @@
 // A real pg-boss producer and worker for pipemon's preset tests.
+// Uses this folder's pg-boss 10, or the pg-boss module PGBOSS_MODULE names (pg-boss 12 runs on
+// node 22: tests/queues/node22).
 //   node pgboss.mjs DSN setup      create the schema and the queues
 //   node pgboss.mjs DSN send       enqueue the test scenario
 //   node pgboss.mjs DSN send-slow  enqueue one job that runs for 4 s
 //   node pgboss.mjs DSN work       process jobs until none is ready or running, then stop
-import PgBoss from 'pg-boss'
+const pgboss = await import(process.env.PGBOSS_MODULE || 'pg-boss')
+const PgBoss = pgboss.PgBoss || pgboss.default // named export from pg-boss 11 on
 
 const [dsn, command] = process.argv.slice(2)
 const QUEUES = ['stems', 'mixdown']

@@ -1,0 +1,364 @@
+"""`kind: host`: the worker host's tools (e.g. `ffmpeg -version`) and scratch directories.
+
+Tools: each command runs without a shell, with its own timeout; a command that overruns is
+killed with its whole process group. Up when it exits 0 in time; the version is read from its
+output with a regex. Scratch directories: writable (a temp file created and deleted), the regular
+files under it (count, bytes, older than `old_after`; a bounded walk), and the filesystem's free
+space. Like the storage probe, a broken tool or directory is a measurement, not a failed poll.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from contextlib import suppress
+from dataclasses import dataclass
+
+from pipemon import metrics as m
+from pipemon.config import (
+    Node,
+    SourceConfig,
+    name,
+    positive_duration,
+    positive_int,
+    string,
+    string_list,
+)
+from pipemon.sources.base import Source
+
+log = logging.getLogger(__name__)
+
+TOOL_REASONS = ("timeout", "not_found", "permission", "exit_code", "exec_error")
+SCRATCH_REASONS = ("missing", "not_a_directory", "permission", "read_only", "no_space",
+                   "io_error")
+DEFAULT_VERSION_REGEX = r"version\s+(\S+)"
+MAX_OUTPUT_SCANNED = 65536
+MAX_VERSION_LENGTH = 64
+UNKNOWN_VERSION = "unknown"
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    command: tuple[str, ...]
+    version_regex: re.Pattern
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Scratch:
+    path: str
+    old_after: float = 86400.0
+    max_entries: int = 100_000
+
+
+@dataclass(frozen=True)
+class HostConfig(SourceConfig):
+    tools: tuple[Tool, ...] = ()
+    scratch: tuple[Scratch, ...] = ()
+
+
+# --- config ---
+
+
+def regex(value) -> re.Pattern:
+    text = string(value)
+    try:
+        return re.compile(text)
+    except re.error as err:
+        raise ValueError(f"invalid regular expression: {err}") from None
+
+
+def absolute_path(value) -> str:
+    text = string(value)
+    if not os.path.isabs(text):
+        raise ValueError(f"expected an absolute path, got {text!r}")
+    return os.path.normpath(text)
+
+
+def _items(node: Node, key: str) -> list[Node]:
+    """The mappings of an optional list `key`, each as a Node with its path."""
+    raw = node.get(key, lambda value: value, None)
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not raw:
+        node.problem(key, "expected a non-empty list")
+        return []
+    items = []
+    for i, item in enumerate(raw):
+        path = f"{node.where(key)}[{i}]"
+        if isinstance(item, dict):
+            items.append(Node(item, path, node.problems, node.base_dir))
+        else:
+            node.problems.append(f"{path}: expected a mapping")
+    return items
+
+
+def read_tool(node: Node, source_timeout: float) -> Tool:
+    timeout = node.get("timeout", positive_duration, source_timeout)
+    if timeout and source_timeout and timeout > source_timeout:
+        node.problem("timeout", f"must not exceed the source's timeout ({source_timeout:g}s)")
+    tool = Tool(
+        name=node.get("name", name),
+        command=node.get("command", string_list),
+        version_regex=node.get("version_regex", regex, re.compile(DEFAULT_VERSION_REGEX)),
+        timeout=timeout,
+    )
+    node.finish()
+    return tool
+
+
+def read_scratch(node: Node) -> Scratch:
+    scratch = Scratch(
+        path=node.get("path", absolute_path),
+        old_after=node.get("old_after", positive_duration, 86400.0),
+        max_entries=node.get("max_entries", positive_int, 100_000),
+    )
+    node.finish()
+    return scratch
+
+
+def parse_config(node: Node, common: dict) -> HostConfig:
+    tools = [read_tool(item, common["timeout"]) for item in _items(node, "tools")]
+    scratch = [read_scratch(item) for item in _items(node, "scratch")]
+    if not tools and not scratch and not node.has("tools") and not node.has("scratch"):
+        node.problem("tools", "set tools, scratch or both")
+    for key, names in (("tools", [t.name for t in tools]), ("scratch", [s.path for s in scratch])):
+        duplicates = sorted({n for n in names if n and names.count(n) > 1})
+        if duplicates:
+            node.problem(key, f"duplicate {'names' if key == 'tools' else 'paths'}: "
+                              f"{', '.join(duplicates)}")
+    return HostConfig(**common, tools=tuple(tools), scratch=tuple(scratch))
+
+
+# --- tools ---
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    up: bool
+    duration: float
+    version: str | None = None
+    reason: str | None = None
+    message: str = ""
+
+
+def run_tool(tool: Tool) -> ToolResult:
+    started = time.monotonic()
+    try:
+        # A session of its own, so that a timeout kills the command's children too.
+        proc = subprocess.Popen(tool.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    except FileNotFoundError:
+        return ToolResult(False, time.monotonic() - started, reason="not_found",
+                          message=f"{tool.command[0]}: command not found")
+    except PermissionError:
+        return ToolResult(False, time.monotonic() - started, reason="permission",
+                          message=f"{tool.command[0]}: permission denied")
+    except OSError as err:
+        return ToolResult(False, time.monotonic() - started, reason="exec_error",
+                          message=f"{tool.command[0]}: {err.strerror}")
+    with proc:
+        try:
+            output, _ = proc.communicate(timeout=tool.timeout)
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            return ToolResult(False, time.monotonic() - started, reason="timeout",
+                              message=f"no exit within {tool.timeout:g}s: killed")
+    duration = time.monotonic() - started
+    text = output[:MAX_OUTPUT_SCANNED].decode("utf-8", errors="replace")
+    if proc.returncode != 0:
+        last_line = text.strip().splitlines()[-1:] or [""]
+        return ToolResult(False, duration, reason="exit_code",
+                          message=f"exit code {proc.returncode}: {last_line[0][:200]}")
+    return ToolResult(True, duration, version=_version(tool.version_regex, text))
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        proc.communicate(timeout=1)
+    except subprocess.TimeoutExpired:  # a process outside the group still holds the pipe
+        proc.stdout.close()
+        proc.wait()
+
+
+def _version(pattern: re.Pattern, text: str) -> str:
+    match = pattern.search(text)
+    if match is None:
+        return UNKNOWN_VERSION
+    found = match.group(1) if pattern.groups else match.group(0)
+    return (found or "").strip()[:MAX_VERSION_LENGTH] or UNKNOWN_VERSION
+
+
+# --- scratch directories ---
+
+
+@dataclass(frozen=True)
+class WalkResult:
+    files: int
+    bytes: int
+    old_files: int
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class ScratchResult:
+    writable: bool
+    reason: str | None = None
+    walk: WalkResult | None = None
+    free_bytes: int | None = None
+    size_bytes: int | None = None
+
+
+_ERRNO_REASONS = {errno.ENOENT: "missing", errno.ENOTDIR: "not_a_directory",
+                  errno.EACCES: "permission", errno.EPERM: "permission",
+                  errno.EROFS: "read_only", errno.ENOSPC: "no_space", errno.EDQUOT: "no_space"}
+
+
+def check_scratch(scratch: Scratch, deadline: float) -> ScratchResult:
+    reason = _write_test(scratch.path)
+    walk = None
+    if os.path.isdir(scratch.path):
+        walk = walk_tree(scratch.path, time.time() - scratch.old_after, scratch.max_entries,
+                         deadline)
+    try:
+        fs = os.statvfs(scratch.path)
+        free, size = fs.f_bavail * fs.f_frsize, fs.f_blocks * fs.f_frsize
+    except OSError:
+        free = size = None
+    return ScratchResult(reason is None, reason, walk, free, size)
+
+
+def _write_test(path: str) -> str | None:
+    """None when a file can be created, written and deleted in `path`, else a reason."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".pipemon-write-test-", dir=path)
+        try:
+            os.write(fd, b"pipemon")
+        finally:
+            os.close(fd)
+            os.unlink(name)
+    except OSError as err:
+        return _ERRNO_REASONS.get(err.errno, "io_error")
+    return None
+
+
+def walk_tree(root: str, old_before: float, max_entries: int, deadline: float) -> WalkResult:
+    """Regular files under `root` (symlinks not followed), visiting at most max_entries."""
+    files = size = old = visited = 0
+    stack = [root]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    visited += 1
+                    if visited > max_entries or time.monotonic() > deadline:
+                        return WalkResult(files, size, old, truncated=True)
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        elif entry.is_file(follow_symlinks=False):
+                            stat = entry.stat(follow_symlinks=False)
+                            files += 1
+                            size += stat.st_size
+                            old += stat.st_mtime < old_before
+                    except FileNotFoundError:  # scratch files come and go during the walk
+                        continue
+        except OSError:  # a directory removed, or not readable, since it was listed
+            continue
+    return WalkResult(files, size, old, truncated=False)
+
+
+# --- the source ---
+
+
+@dataclass(frozen=True)
+class HostSnapshot:
+    tools: dict[str, ToolResult]
+    scratch: dict[str, ScratchResult]
+
+
+class HostSource(Source):
+    specs = (m.HOST_TOOL_UP, m.HOST_TOOL_DURATION, m.HOST_TOOL_INFO, m.HOST_TOOL_FAILURES,
+             m.HOST_SCRATCH_WRITABLE, m.HOST_SCRATCH_BYTES, m.HOST_SCRATCH_FILES,
+             m.HOST_SCRATCH_OLD_FILES, m.HOST_SCRATCH_WALK_TRUNCATED, m.HOST_SCRATCH_FREE_BYTES,
+             m.HOST_SCRATCH_FS_SIZE, m.HOST_SCRATCH_ERRORS)
+
+    def __init__(self, config: HostConfig):
+        super().__init__(config)
+        self.config: HostConfig = config
+        self._lock = threading.Lock()
+        self._tool_failures = m.CounterSet()
+        self._scratch_errors = m.CounterSet()
+        for tool in config.tools:
+            for reason in TOOL_REASONS:
+                self._tool_failures.ensure((tool.name, reason))
+        for scratch in config.scratch:
+            for reason in SCRATCH_REASONS:
+                self._scratch_errors.ensure((scratch.path, reason))
+
+    def poll(self) -> HostSnapshot:
+        tools = {}
+        for tool in self.config.tools:
+            result = tools[tool.name] = run_tool(tool)
+            if not result.up:
+                self._failed("tool", tool.name, result.reason, result.message)
+                with self._lock:
+                    self._tool_failures.inc((tool.name, result.reason))
+        scratch = {}
+        for item in self.config.scratch:
+            result = scratch[item.path] = check_scratch(
+                item, time.monotonic() + self.config.timeout)
+            if result.reason:
+                self._failed("scratch directory", item.path, result.reason, "not writable")
+                with self._lock:
+                    self._scratch_errors.inc((item.path, result.reason))
+        return HostSnapshot(tools, scratch)
+
+    def _failed(self, what: str, which: str, reason: str, message: str) -> None:
+        log.warning("source %s: %s %s failed (%s): %s", self.name, what, which, reason, message,
+                    extra={"source": self.name, "reason": reason})
+
+    def collect(self, families: m.Families, snapshot: HostSnapshot | None) -> None:
+        if snapshot is not None:
+            self._collect_tools(families, snapshot.tools)
+            self._collect_scratch(families, snapshot.scratch)
+        with self._lock:
+            self._tool_failures.emit(families(m.HOST_TOOL_FAILURES), (self.name,))
+            self._scratch_errors.emit(families(m.HOST_SCRATCH_ERRORS), (self.name,))
+
+    def _collect_tools(self, families: m.Families, tools: dict[str, ToolResult]) -> None:
+        for tool, result in sorted(tools.items()):
+            labels = [self.name, tool]
+            families(m.HOST_TOOL_UP).add_metric(labels, 1 if result.up else 0)
+            families(m.HOST_TOOL_DURATION).add_metric(labels, result.duration)
+            if result.up:
+                families(m.HOST_TOOL_INFO).add_metric([*labels, result.version], 1)
+
+    def _collect_scratch(self, families: m.Families, scratch: dict[str, ScratchResult]) -> None:
+        for path, result in sorted(scratch.items()):
+            labels = [self.name, path]
+            families(m.HOST_SCRATCH_WRITABLE).add_metric(labels, 1 if result.writable else 0)
+            if result.walk is not None:
+                walk = result.walk
+                families(m.HOST_SCRATCH_FILES).add_metric(labels, walk.files)
+                families(m.HOST_SCRATCH_BYTES).add_metric(labels, walk.bytes)
+                families(m.HOST_SCRATCH_OLD_FILES).add_metric(labels, walk.old_files)
+                families(m.HOST_SCRATCH_WALK_TRUNCATED).add_metric(
+                    labels, 1 if walk.truncated else 0)
+            if result.free_bytes is not None:
+                families(m.HOST_SCRATCH_FREE_BYTES).add_metric(labels, result.free_bytes)
+                families(m.HOST_SCRATCH_FS_SIZE).add_metric(labels, result.size_bytes)
+
+    def describe(self) -> dict:
+        return {"target": ", ".join([*(t.name for t in self.config.tools),
+                                     *(s.path for s in self.config.scratch)])}

@@ -1,0 +1,447 @@
+"""`kind: storage`: an S3-compatible bucket (Cloudflare R2 by default), probed and counted.
+
+Each poll runs a probe: put a small random object under `probe_prefix` with a unique key, get it
+back and compare its SHA-256, delete it (read-only mode: head the bucket and list the probe
+prefix instead). Every poll also runs the inventory when it is due (its own, slower interval):
+objects and bytes under each configured prefix, at most `max_pages` list pages per prefix.
+
+A failed probe is a measurement, not a failed poll: `pipemon_storage_probe_success` is 0 and
+`pipemon_storage_probe_failures_total{operation,reason}` says why, while `pipemon_source_up`
+stays 1. Were an unreachable endpoint a failed poll, the success gauge would vanish exactly when
+storage is down, and the probe-failing alert and the storage availability SLO (both read that
+gauge) would miss the worst outage. The poll itself fails only on a bug (`internal`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import boto3
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    FlexibleChecksumError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from pipemon import metrics as m
+from pipemon.config import (
+    Node,
+    Secret,
+    SourceConfig,
+    boolean,
+    one_of,
+    positive_duration,
+    positive_int,
+    string,
+    string_list,
+)
+from pipemon.sources.base import Source, redact
+
+log = logging.getLogger(__name__)
+
+WRITE_OPERATIONS = ("put", "get", "delete")
+READ_ONLY_OPERATIONS = ("head", "list")
+REASONS = ("timeout", "connect", "auth", "not_found", "throttled", "checksum", "server_error",
+           "client_error")
+INVENTORY_REASONS = tuple(r for r in REASONS if r != "checksum")
+PROBE_BYTES = 1024
+CREDENTIAL_KEYS = ("access_key_id", "secret_access_key")
+MAX_LEFTOVERS = 100  # probe keys whose delete did not happen, retried after a good probe
+CLEANUPS_PER_POLL = 10
+
+AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+              "InvalidToken", "TokenRefreshRequired", "AllAccessDisabled", "Unauthorized",
+              "401", "403"}
+NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NotFound", "404"}
+THROTTLED_CODES = {"SlowDown", "Throttling", "ThrottlingException", "TooManyRequests",
+                   "RequestLimitExceeded", "RequestThrottled", "429"}
+TIMEOUT_CODES = {"RequestTimeout", "RequestTimeoutException"}
+
+
+# --- config ---
+
+
+@dataclass(frozen=True)
+class InventoryConfig:
+    prefixes: tuple[str, ...]
+    interval: float = 600.0
+    max_pages: int = 100
+    page_size: int = 1000
+
+
+@dataclass(frozen=True)
+class StorageConfig(SourceConfig):
+    bucket: str = ""
+    endpoint_url: str | None = None
+    region: str = "auto"
+    addressing_style: str = "path"
+    access_key_id: Secret | None = None
+    secret_access_key: Secret | None = None
+    session_token: Secret | None = None
+    probe_prefix: str = "pipemon-probe/"
+    read_only: bool = False
+    max_attempts: int = 2
+    inventory: InventoryConfig | None = None
+
+    def secrets(self) -> list[str]:
+        found = (self.access_key_id, self.secret_access_key, self.session_token)
+        return [s.reveal() for s in found if s is not None]
+
+    @property
+    def operations(self) -> tuple[str, ...]:
+        return READ_ONLY_OPERATIONS if self.read_only else WRITE_OPERATIONS
+
+
+def endpoint(value) -> str:
+    text = string(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
+    return text
+
+
+def page_size(value) -> int:
+    number = positive_int(value)
+    if number > 1000:
+        raise ValueError(f"S3 returns at most 1000 keys per page, got {number}")
+    return number
+
+
+def read_inventory(node: Node) -> InventoryConfig | None:
+    inv = node.child("inventory", required=False)
+    if inv is None:
+        return None
+    config = InventoryConfig(
+        prefixes=inv.get("prefixes", string_list),
+        interval=inv.get("interval", positive_duration, 600.0),
+        max_pages=inv.get("max_pages", positive_int, 100),
+        page_size=inv.get("page_size", page_size, 1000),
+    )
+    inv.finish()
+    return config
+
+
+def parse_config(node: Node, common: dict) -> StorageConfig:
+    given = [node.has(key) or node.has(f"{key}_file") for key in CREDENTIAL_KEYS]
+    if given[0] != given[1]:
+        node.problem(CREDENTIAL_KEYS[given.index(False)],
+                     "required when the other key is set (or set neither: boto3's default"
+                     " credential chain is then used)")
+    return StorageConfig(
+        **common,
+        bucket=node.get("bucket"),
+        endpoint_url=node.get("endpoint_url", endpoint, None),
+        region=node.get("region", string, "auto"),
+        addressing_style=node.get("addressing_style", one_of("path", "virtual", "auto"), "path"),
+        access_key_id=node.secret("access_key_id", required=False),
+        secret_access_key=node.secret("secret_access_key", required=False),
+        session_token=node.secret("session_token", required=False),
+        probe_prefix=node.get("probe_prefix", string, "pipemon-probe/"),
+        read_only=node.get("read_only", boolean, False),
+        max_attempts=node.get("max_attempts", positive_int, 2),
+        inventory=read_inventory(node),
+    )
+
+
+# --- errors ---
+
+
+class ChecksumMismatch(Exception):
+    """The object read back is not the object written."""
+
+
+# What a failed S3 call raises. Anything else is a bug: it fails the poll as `internal`.
+S3_ERRORS = (BotoCoreError, ClientError)
+
+
+def classify(exc: BaseException) -> str:
+    """A short reason label for an S3 call that failed."""
+    if isinstance(exc, ConnectTimeoutError | ReadTimeoutError):
+        return "timeout"
+    if isinstance(exc, EndpointConnectionError | BotoConnectionError | HTTPClientError |
+                  ResponseStreamingError):
+        return "connect"
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return "auth"
+    if isinstance(exc, ChecksumMismatch | FlexibleChecksumError):
+        return "checksum"
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if code in THROTTLED_CODES or status == 429:
+            return "throttled"
+        if code in TIMEOUT_CODES:
+            return "timeout"
+        if code in AUTH_CODES or status in (401, 403):
+            return "auth"
+        if code in NOT_FOUND_CODES or status == 404:
+            return "not_found"
+        if status >= 500:
+            return "server_error"
+    return "client_error"
+
+
+# --- polling ---
+
+
+@dataclass(frozen=True)
+class PrefixCount:
+    objects: int
+    bytes: int
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class StorageSnapshot:
+    probe_success: bool
+    inventory: dict[str, PrefixCount]
+
+
+@dataclass(frozen=True)
+class ProbeFailure:
+    operation: str
+    reason: str
+    message: str
+
+
+class StorageSource(Source):
+    specs = (m.STORAGE_PROBE_SUCCESS, m.STORAGE_PROBE_DURATION, m.STORAGE_PROBE_FAILURES,
+             m.STORAGE_OBJECTS, m.STORAGE_BYTES, m.STORAGE_INVENTORY_TRUNCATED,
+             m.STORAGE_INVENTORY_ERRORS)
+
+    def __init__(self, config: StorageConfig):
+        super().__init__(config)
+        self.config: StorageConfig = config
+        self._lock = threading.Lock()
+        self._client = None
+        self._failures = m.CounterSet()
+        self._durations = m.HistogramSet(m.STORAGE_SECONDS_BUCKETS)
+        for operation in config.operations:
+            self._durations.ensure((operation,))
+            for reason in REASONS:
+                self._failures.ensure((operation, reason))
+        self._inventory_errors = m.CounterSet()
+        self._inventory: dict[str, PrefixCount] = {}
+        self._inventory_due = 0.0  # monotonic time of the next inventory run
+        if config.inventory:
+            for reason in INVENTORY_REASONS:
+                self._inventory_errors.ensure((reason,))
+        self._leftovers: list[str] = []
+        self.last_failure: ProbeFailure | None = None
+
+    # --- the client ---
+
+    def client(self):
+        """One client per source, made on first use; boto3 clients are thread-safe."""
+        if self._client is None:
+            cfg = self.config
+            per_attempt = cfg.timeout / cfg.max_attempts  # a call with its retries ~ timeout
+            boto_config = BotoConfig(
+                region_name=cfg.region,
+                signature_version="s3v4",
+                s3={"addressing_style": cfg.addressing_style},
+                connect_timeout=per_attempt,
+                read_timeout=per_attempt,
+                retries={"total_max_attempts": cfg.max_attempts, "mode": "standard"},
+                # Checksums only where S3 requires them: several S3-compatible stores reject the
+                # trailing checksums newer botocore sends by default. The probe checks SHA-256.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            )
+            # A session of our own: boto3's default session is not thread-safe.
+            self._client = boto3.session.Session().client(
+                "s3",
+                endpoint_url=cfg.endpoint_url,
+                aws_access_key_id=_reveal(cfg.access_key_id),
+                aws_secret_access_key=_reveal(cfg.secret_access_key),
+                aws_session_token=_reveal(cfg.session_token),
+                config=boto_config,
+            )
+        return self._client
+
+    # --- the probe ---
+
+    def poll(self) -> StorageSnapshot:
+        client = self.client()
+        ok = self._probe_read_only(client) if self.config.read_only else self._probe(client)
+        if ok and self._leftovers:
+            self._clean_up(client)
+        if self.config.inventory and time.monotonic() >= self._inventory_due:
+            self._run_inventory(client)
+        with self._lock:
+            return StorageSnapshot(ok, dict(self._inventory))
+
+    def _step(self, operation: str, call: Callable[[], object]) -> bool:
+        """Run one probe operation: its duration when it succeeds, its reason when it fails."""
+        started = time.monotonic()
+        try:
+            call()
+        except (*S3_ERRORS, ChecksumMismatch) as exc:
+            reason = classify(exc)
+            message = redact(f"{operation}: {exc}", self.config.secrets())
+            with self._lock:
+                self._failures.inc((operation, reason))
+                self.last_failure = ProbeFailure(operation, reason, message)
+            log.warning("source %s: storage probe failed (%s): %s", self.name, reason, message,
+                        extra={"source": self.name, "reason": reason, "operation": operation})
+            return False
+        with self._lock:
+            self._durations.observe((operation,), time.monotonic() - started)
+        return True
+
+    def _probe(self, client) -> bool:
+        bucket = self.config.bucket
+        key = f"{self.config.probe_prefix}{uuid.uuid4().hex}"
+        body = os.urandom(PROBE_BYTES)
+        digest = hashlib.sha256(body).digest()
+
+        def get_and_verify() -> None:
+            response = client.get_object(Bucket=bucket, Key=key)
+            with response["Body"] as stream:
+                if hashlib.sha256(stream.read()).digest() != digest:
+                    raise ChecksumMismatch("the object read back differs from the one written")
+
+        if not self._step("put", lambda: client.put_object(Bucket=bucket, Key=key, Body=body)):
+            # The put may have landed even though its answer did not (a read timeout): delete
+            # the key later, once the endpoint answers again. A refused connection sent nothing.
+            if self.last_failure.reason != "connect":
+                self._remember_leftover(key)
+            return False
+        got = self._step("get", get_and_verify)
+        # Delete even when the get failed: no probe object is left behind.
+        deleted = self._step("delete", lambda: client.delete_object(Bucket=bucket, Key=key))
+        if not deleted:
+            self._remember_leftover(key)
+        if got and deleted:
+            self.last_failure = None
+        return got and deleted
+
+    def _probe_read_only(self, client) -> bool:
+        bucket = self.config.bucket
+        ok = self._step("head", lambda: client.head_bucket(Bucket=bucket)) and self._step(
+            "list", lambda: client.list_objects_v2(
+                Bucket=bucket, Prefix=self.config.probe_prefix, MaxKeys=1))
+        if ok:
+            self.last_failure = None
+        return ok
+
+    def _remember_leftover(self, key: str) -> None:
+        self._leftovers.append(key)
+        if len(self._leftovers) > MAX_LEFTOVERS:
+            dropped = self._leftovers.pop(0)
+            log.warning("source %s: giving up deleting probe object %s (add a lifecycle rule"
+                        " on %s)", self.name, dropped, self.config.probe_prefix)
+
+    def _clean_up(self, client) -> None:
+        """Delete probe objects a failed probe may have left (not measured: not a probe)."""
+        for key in list(self._leftovers[:CLEANUPS_PER_POLL]):
+            try:
+                client.delete_object(Bucket=self.config.bucket, Key=key)
+            except S3_ERRORS as exc:
+                log.debug("source %s: cleanup of %s failed: %s", self.name, key, classify(exc))
+                return
+            self._leftovers.remove(key)
+
+    @property
+    def leftovers(self) -> list[str]:
+        return list(self._leftovers)
+
+    # --- the inventory ---
+
+    def _run_inventory(self, client) -> None:
+        """Count every prefix; on the first error drop the counts and retry at the next poll."""
+        inv = self.config.inventory
+        started = time.monotonic()
+        deadline = started + self.config.timeout
+        counts: dict[str, PrefixCount] = {}
+        try:
+            for prefix in inv.prefixes:
+                counts[prefix] = self._count(client, prefix, deadline)
+        except S3_ERRORS as exc:
+            reason = classify(exc)
+            message = redact(str(exc), self.config.secrets())
+            log.warning("source %s: storage inventory failed (%s): %s", self.name, reason,
+                        message, extra={"source": self.name, "reason": reason})
+            with self._lock:
+                self._inventory_errors.inc((reason,))
+                self._inventory = {}
+            return
+        for prefix, count in counts.items():
+            if count.truncated:
+                log.warning("source %s: inventory of %s stopped after %d objects (max_pages or"
+                            " deadline): counts are lower bounds", self.name, prefix,
+                            count.objects)
+        with self._lock:
+            self._inventory = counts
+        self._inventory_due = started + inv.interval
+
+    def _count(self, client, prefix: str, deadline: float) -> PrefixCount:
+        inv = self.config.inventory
+        objects = size = pages = 0
+        request = {"Bucket": self.config.bucket, "Prefix": prefix, "MaxKeys": inv.page_size}
+        while True:
+            page = client.list_objects_v2(**request)
+            pages += 1
+            for item in page.get("Contents", ()):
+                objects += 1
+                size += item.get("Size", 0)
+            if not page.get("IsTruncated"):
+                return PrefixCount(objects, size, truncated=False)
+            if pages >= inv.max_pages or time.monotonic() >= deadline:
+                return PrefixCount(objects, size, truncated=True)
+            request["ContinuationToken"] = page["NextContinuationToken"]
+
+    # --- exposition ---
+
+    def collect(self, families: m.Families, snapshot: StorageSnapshot | None) -> None:
+        src = (self.name, self.config.bucket)
+        if snapshot is not None:
+            families(m.STORAGE_PROBE_SUCCESS).add_metric([*src], 1 if snapshot.probe_success else 0)
+            for prefix, count in sorted(snapshot.inventory.items()):
+                families(m.STORAGE_OBJECTS).add_metric([*src, prefix], count.objects)
+                families(m.STORAGE_BYTES).add_metric([*src, prefix], count.bytes)
+                families(m.STORAGE_INVENTORY_TRUNCATED).add_metric(
+                    [*src, prefix], 1 if count.truncated else 0)
+        with self._lock:
+            self._durations.emit(families(m.STORAGE_PROBE_DURATION), src)
+            self._failures.emit(families(m.STORAGE_PROBE_FAILURES), src)
+            if self.config.inventory:
+                self._inventory_errors.emit(families(m.STORAGE_INVENTORY_ERRORS), src)
+
+    def describe(self) -> dict:
+        cfg = self.config
+        where = urlsplit(cfg.endpoint_url).netloc if cfg.endpoint_url else "aws"
+        failure = self.last_failure
+        return {
+            "target": f"{where}/{cfg.bucket}",
+            "mode": "read-only" if cfg.read_only else "put/get/delete",
+            "last_probe_failure": None if failure is None else {
+                "operation": failure.operation, "reason": failure.reason,
+                "message": failure.message},
+        }
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+def _reveal(secret: Secret | None) -> str | None:
+    return None if secret is None else secret.reveal()
