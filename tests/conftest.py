@@ -118,3 +118,20 @@ def make_app(tmp_path):
     yield make
     for app in apps:
         app.close()
+
+
+@pytest.fixture
+def services(tmp_path):
+    """Start real processes (tests/services.py); all are stopped after the test.
+
+        exporter = services(Exporter(tmp_path / "x", sources))
+    """
+    started = []
+
+    def start(process):
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in reversed(started):
+        process.stop()
