@@ -79,6 +79,7 @@ def test_slow_query_is_cancelled_by_the_server(make_app, pg_dsn, db):
     assert "statement timeout" in app.runners[0].last_error.message
     running = db.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pipemon'"
+        " AND datname = current_database()"
         " AND state = 'active'").fetchone()[0]
     assert running == 0  # cancelled server-side, not left running
 
@@ -96,14 +97,15 @@ def test_killed_connection_recovers_on_the_next_poll(make_app, pg_dsn, db):
     app = make_app([queue_source(pg_dsn)])
     assert app.poll_all_once()
     killed = db.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                        " WHERE application_name = 'pipemon'").fetchone()[0]
+                        " WHERE application_name = 'pipemon'"
+                        " AND datname = current_database()").fetchone()[0]
     assert killed == 1
     results = [app.poll_all_once(), app.poll_all_once()]
     assert results == [False, True]
     assert errors(app, "connect") == 1
     # one connection per source, reused: exactly one pipemon backend remains
-    assert db.execute("SELECT count(*) FROM pg_stat_activity"
-                      " WHERE application_name = 'pipemon'").fetchone()[0] == 1
+    assert db.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name ="
+                      " 'pipemon' AND datname = current_database()").fetchone()[0] == 1
 
 
 def test_one_failing_source_does_not_stop_the_others(make_app, pg_dsn, db):
@@ -154,3 +156,26 @@ def test_poll_all_once_polls_every_source_even_after_a_failure(make_app, pg_dsn)
     for _ in range(3):
         assert not app.poll_all_once()
     assert [runner.polls for runner in app.runners] == [3] * 13
+
+
+def test_a_poll_failing_after_the_finished_read_loses_no_job(make_app, pg_dsn, db):
+    """Regression: the finished-jobs reader moved on although its poll failed later."""
+    from pipemon.sources.base import PollError
+
+    app = make_app([queue_source(pg_dsn)])
+    db.execute("INSERT INTO jobs (queue, status) SELECT 'q', 'waiting'"
+               " FROM generate_series(1, 5)")
+    assert app.poll_all_once()
+    db.execute("UPDATE jobs SET status = 'succeeded', started_at = now(), finished_at = now()")
+    source = app.runners[0].source
+    real_read = source.started_reader.read
+
+    def failing_read(cur, db_now):
+        raise PollError("timeout", "injected: the started-jobs query timed out")
+
+    source.started_reader.read = failing_read
+    assert not app.poll_all_once()
+    source.started_reader.read = real_read
+    assert app.poll_all_once()
+    assert sample(app, "pipemon_queue_jobs_finished_total", source="stems", queue="q",
+                  outcome="succeeded") == 5

@@ -147,7 +147,8 @@ def test_serve_end_to_end(tmp_path, pg_dsn, db, promtool):
         outputs = {path: get(f"{base}{path}")[1] for path in ("/", "/health", "/metrics")}
         wait_until(lambda: db.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pipemon'"
-            " AND state = 'active'").fetchone()[0] > 0, 10, "a poll in progress")
+            " AND datname = current_database() AND state = 'active'").fetchone()[0] > 0,
+            10, "a poll in progress")
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -156,9 +157,10 @@ def test_serve_end_to_end(tmp_path, pg_dsn, db, promtool):
             proc.kill()
             raise AssertionError("pipemon did not exit within 5 s of SIGTERM") from None
     assert code == 0, log_path.read_text()
-    wait_until(lambda: db.execute("SELECT count(*) FROM pg_stat_activity"
-                                  " WHERE application_name = 'pipemon'").fetchone()[0] == 0,
-               10, "pipemon's connections to close")
+    wait_until(lambda: db.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pipemon'"
+        " AND datname = current_database()").fetchone()[0] == 0,
+        10, "pipemon's connections to close")
     logs = log_path.read_text()
     for where, text in {**outputs, "logs": logs}.items():
         assert PASSWORD not in text, f"password leaked in {where}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import PackageNotFoundError, version
@@ -38,6 +39,8 @@ class PipemonCollector:
     def collect(self) -> Iterator[Metric]:
         families = m.Families()
         families(m.BUILD_INFO).add_metric([VERSION], 1)
+        families(m.CONFIG_RELOAD_OK).add_metric([], 1 if self._app.last_reload_ok else 0)
+        families(m.CONFIG_RELOAD_TIME).add_metric([], self._app.last_reload_success)
         for runner in self._app.runners:
             runner.collect(families)
         return iter(families)
@@ -49,11 +52,41 @@ class App:
         self.registry = registry if registry is not None else CollectorRegistry()
         secrets = config.secrets()
         self.runners = [SourceRunner(build(source), secrets) for source in config.sources]
-        self.scheduler = Scheduler(self.runners)
+        self.scheduler = Scheduler()
+        self._started = False
+        self.last_reload_ok = True
+        self.last_reload_success = time.time()
         self.registry.register(PipemonCollector(self))
 
     def start(self) -> None:
-        self.scheduler.start()
+        self._started = True
+        self.scheduler.start(self.runners)
+
+    def reload(self, config: Config, timeout: float = 4.0) -> tuple[int, int, int]:
+        """Switch to a new config. Sources whose config is unchanged keep running, with their
+        counters; changed, added and removed ones are restarted, started and stopped.
+        Returns (kept, started, stopped)."""
+        secrets = config.secrets()
+        current = {runner.name: runner for runner in self.runners}
+        runners = []
+        for source in config.sources:
+            kept = current.get(source.name)
+            same = kept is not None and kept.source.config == source
+            runners.append(kept if same else SourceRunner(build(source), secrets))
+        gone = [runner for runner in self.runners if runner not in runners]
+        fresh = [runner for runner in runners if runner not in self.runners]
+        self.scheduler.remove(gone, timeout)
+        self.runners, self.config = runners, config
+        if self._started:
+            self.scheduler.start(fresh)
+        self.reload_succeeded()
+        return len(runners) - len(fresh), len(fresh), len(gone)
+
+    def reload_succeeded(self) -> None:
+        self.last_reload_ok, self.last_reload_success = True, time.time()
+
+    def reload_failed(self) -> None:
+        self.last_reload_ok = False
 
     def stop(self, timeout: float = 4.0) -> None:
         self.scheduler.stop(timeout)

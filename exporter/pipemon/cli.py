@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import sys
-import threading
 
 import click
 from prometheus_client import generate_latest
 
-from pipemon import logs
+from pipemon import logs, webconfig
 from pipemon.app import VERSION, App
 from pipemon.config import Config, ConfigError, load
 from pipemon.server import HttpServer, parse_listen_address
@@ -19,6 +19,7 @@ log = logging.getLogger("pipemon")
 
 EXIT_CONFIG = 2
 SHUTDOWN_SECONDS = 4.0
+SIGNAL_CHECK_SECONDS = 0.2
 
 
 def _load_or_exit(path: str) -> Config:
@@ -51,6 +52,10 @@ def main() -> None:
 @click.option("--web.listen-address", "listen_address", default="127.0.0.1:9864",
               show_default=True, envvar="PIPEMON_WEB_LISTEN_ADDRESS",
               help="host:port to serve on. [env: PIPEMON_WEB_LISTEN_ADDRESS]")
+@click.option("--web.config.file", "web_config_path", default=None,
+              envvar="PIPEMON_WEB_CONFIG_FILE", type=click.Path(dir_okay=False),
+              help="TLS and basic auth, as for Prometheus exporters. [env: "
+                   "PIPEMON_WEB_CONFIG_FILE]")
 @click.option("--log.level", "log_level", default="info", show_default=True,
               envvar="PIPEMON_LOG_LEVEL",
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -58,10 +63,19 @@ def main() -> None:
 @click.option("--log.format", "log_format", default="text", show_default=True,
               envvar="PIPEMON_LOG_FORMAT", type=click.Choice(["text", "json"]),
               help="[env: PIPEMON_LOG_FORMAT]")
-def serve(config_path: str, listen_address: str, log_level: str, log_format: str) -> None:
-    """Poll the sources in the background and serve /metrics."""
+def serve(config_path: str, listen_address: str, web_config_path: str | None, log_level: str,
+          log_format: str) -> None:
+    """Poll the sources in the background and serve /metrics. SIGHUP reloads the config."""
     logs.setup(log_level, log_format)
     config = _load_or_exit(config_path)
+    web = None
+    if web_config_path:
+        try:
+            web = webconfig.load(web_config_path)
+        except ConfigError as err:
+            for line in err.lines():
+                click.echo(line, err=True)
+            sys.exit(EXIT_CONFIG)
     try:
         host, port = parse_listen_address(listen_address)
     except ValueError as err:
@@ -70,28 +84,50 @@ def serve(config_path: str, listen_address: str, log_level: str, log_format: str
 
     app = App(config)
     try:
-        server = HttpServer(app, host, port)
+        server = HttpServer(app, host, port, web)
     except OSError as err:
         click.echo(f"--web.listen-address: cannot listen on {listen_address}: {err.strerror}",
                    err=True)
         sys.exit(EXIT_CONFIG)
 
-    stop = threading.Event()
-
-    def on_signal(signum, _frame):
-        log.info("received %s, shutting down", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda received, _frame: signals.put(received))
     server.start()
     app.start()
-    log.info("pipemon %s serving on %s with %d sources", VERSION, listen_address,
+    scheme = "https" if web and web.tls else "http"
+    log.info("pipemon %s serving on %s://%s with %d sources", VERSION, scheme, listen_address,
              len(config.sources), extra={"listen_address": listen_address})
-    stop.wait()
+    while (received := _next_signal(signals)) == signal.SIGHUP:
+        _reload(app, config_path)
+    log.info("received %s, shutting down", signal.Signals(received).name)
     server.stop()
     app.stop(SHUTDOWN_SECONDS)
     log.info("stopped")
+
+
+def _next_signal(signals: queue.SimpleQueue) -> int:
+    """The next signal received. The wait is bounded: the kernel may deliver a signal to any
+    thread, and Python runs handlers only when the main thread wakes, so it must wake often."""
+    while True:
+        try:
+            return signals.get(timeout=SIGNAL_CHECK_SECONDS)
+        except queue.Empty:
+            continue
+
+
+def _reload(app: App, config_path: str) -> None:
+    """SIGHUP: load the config again; an invalid one leaves the running one in place."""
+    try:
+        config = load(config_path)
+    except ConfigError as err:
+        app.reload_failed()
+        log.error("config reload failed, keeping the running config: %s",
+                  "; ".join(err.problems), extra={"config": config_path})
+        return
+    kept, started, stopped = app.reload(config, SHUTDOWN_SECONDS)
+    log.info("config reloaded: %d sources kept, %d started, %d stopped", kept, started, stopped,
+             extra={"config": config_path})
 
 
 @main.command("check-config")

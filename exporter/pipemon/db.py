@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -24,6 +27,7 @@ from pipemon.sources.base import PollError, redact
 log = logging.getLogger(__name__)
 
 APPLICATION_NAME = "pipemon"
+WATCHDOG_GRACE = 2.0  # seconds past the poll deadline before the connection is cut
 _URL_PASSWORD = re.compile(r"://[^:/@]*:([^@]+)@")
 DB_ERROR_REASONS = ("connect", "auth", "timeout", "schema", "permission", "sql_error", "internal")
 
@@ -111,11 +115,19 @@ class PgSession:
     @contextmanager
     def transaction(self, deadline: float) -> Iterator[Cursor]:
         """A read-only transaction; every psycopg error leaves as a PollError with a reason."""
+        # The server cancels a slow statement itself (statement_timeout), but a network that
+        # swallows packets leaves the client waiting forever: past the deadline and a grace,
+        # the watchdog cuts the connection's socket, which ends the wait with an error.
+        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()) + WATCHDOG_GRACE,
+                                   self._abort)
+        watchdog.daemon = True
+        self._aborted = False
         try:
             if self._conn is None or self._conn.closed or self._conn.broken:
                 self._close_quietly()
                 self._conn = self._connect()
             conn = self._conn
+            watchdog.start()
             try:
                 with conn.cursor() as cur:
                     yield Cursor(cur, deadline)
@@ -125,7 +137,25 @@ class PgSession:
         except psycopg.Error as exc:
             if self._conn is not None and (self._conn.broken or classify(exc) == "connect"):
                 self._close_quietly()
+            if self._aborted:
+                raise PollError("timeout", "no answer from the database within the timeout; "
+                                "connection dropped") from None
             raise PollError(classify(exc), redact(str(exc), self._secrets)) from None
+        finally:
+            watchdog.cancel()
+
+    def _abort(self) -> None:
+        """Shut the socket down under a query that is still waiting (from the watchdog)."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        self._aborted = True
+        with suppress(OSError, psycopg.Error):
+            dup = socket.socket(fileno=os.dup(conn.pgconn.socket))
+            try:
+                dup.shutdown(socket.SHUT_RDWR)
+            finally:
+                dup.close()
 
     def interrupt(self) -> None:
         conn = self._conn

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,7 +27,23 @@ log = logging.getLogger(__name__)
 QueryBuilder = Callable[[bool], sql.Composable]
 
 
+@dataclass(frozen=True)
+class ReaderState:
+    floor: datetime | None = None  # db now() at the first read: nothing before it is counted
+    watermark: datetime | None = None  # db now() at the last complete read
+    resume_after: tuple[datetime, Any] | None = None  # keyset position of a capped read
+    seen: dict[tuple[Any, datetime], datetime] = field(default_factory=dict)  # in the overlap
+    id_marks: tuple[tuple[datetime, Any], ...] = ()  # (db now(), largest id then), oldest first
+
+
 class IncrementalReader:
+    """Reads new rows, and keeps what it read as pending until the poll commits.
+
+    A poll runs several queries; if a later one fails, the rows this reader returned are thrown
+    away with the poll, so its position must not move either: `commit()` makes it move, once the
+    caller has counted the rows.
+    """
+
     def __init__(
         self, name: str, query: QueryBuilder, overlap: float, page_size: int, max_rows: int,
         floor_sql: sql.Composable | None = None,
@@ -36,32 +53,31 @@ class IncrementalReader:
         self._overlap = timedelta(seconds=overlap)
         self._page_size = page_size
         self._max_rows = max_rows
-        self._floor: datetime | None = None
-        self._watermark: datetime | None = None
-        self._resume_after: tuple[datetime, Any] | None = None
-        self._seen: dict[tuple[Any, datetime], datetime] = {}
-        # Optional id floor (see _id_floor): (db time, largest id visible then), oldest first.
         self._floor_sql = floor_sql
-        self._id_marks: list[tuple[datetime, Any]] = []
+        self._state = ReaderState()
+        self._pending: ReaderState | None = None
 
-    @property
-    def started(self) -> bool:
-        return self._watermark is not None
+    def commit(self) -> None:
+        if self._pending is not None:
+            self._state, self._pending = self._pending, None
 
     def read(self, cur: Cursor, db_now: datetime) -> list[tuple]:
-        """The new rows since the previous call, oldest first."""
+        """The new rows since the last committed read, oldest first."""
+        state = self._state
+        marks = state.id_marks
         if self._floor_sql is not None:
-            self._id_marks.append((db_now, cur.rows(self._floor_sql)[0][0]))
-        if self._watermark is None:
+            marks = (*marks, (db_now, cur.rows(self._floor_sql)[0][0]))
+        if state.watermark is None:
             # Run the query once, reading nothing, so a wrong column fails the first poll.
             cur.rows(self._query(False), {"since": db_now, "limit": 0, "id_floor": None})
-            self._floor = self._watermark = db_now
+            self._pending = ReaderState(floor=db_now, watermark=db_now, id_marks=marks)
             return []
-        since = max(self._watermark - self._overlap, self._floor)
-        after = self._resume_after
+        since = max(state.watermark - self._overlap, state.floor)
+        marks, id_floor = _id_floor(marks, since)
+        seen = dict(state.seen)
+        after, watermark, resume_after = state.resume_after, state.watermark, None
         new_rows: list[tuple] = []
         read = 0
-        id_floor = self._id_floor(since)
         while True:
             params = {"since": since, "limit": self._page_size, "id_floor": id_floor}
             if after is not None:
@@ -70,46 +86,39 @@ class IncrementalReader:
             read += len(page)
             for row in page:
                 key = (row[0], row[1])
-                if key not in self._seen:
-                    self._seen[key] = row[1]
+                if key not in seen:
+                    seen[key] = row[1]
                     new_rows.append(row)
             if page:
                 after = (page[-1][1], page[-1][0])
             if len(page) < self._page_size:
-                self._resume_after, self._watermark = None, db_now
+                watermark = db_now
                 break
             if read >= self._max_rows:
                 # Catching up on a burst: continue after this row on the next poll.
-                self._resume_after = after
-                self._watermark = max(self._watermark, after[0])
-                log.warning(
-                    "%s: read %d rows in one poll, continuing on the next", self.name, read
-                )
+                resume_after, watermark = after, max(watermark, after[0])
+                log.warning("%s: read %d rows in one poll, continuing on the next",
+                            self.name, read)
                 break
-        self._forget_before(max(self._watermark - self._overlap, self._floor))
+        # Rows at or before the next poll's lower bound are never read again: forget them.
+        horizon = max(watermark - self._overlap, state.floor)
+        seen = {key: ts for key, ts in seen.items() if ts > horizon}
+        self._pending = ReaderState(state.floor, watermark, resume_after, seen, marks)
         return new_rows
 
-    def _id_floor(self, since: datetime) -> Any:
-        """An id below every row whose timestamp is after `since`, or None.
 
-        For tables whose timestamp has no index but whose id comes from a sequence (procrastinate
-        events): a row stamped after `since` was inserted after `since`, so its id is above every
-        id that was visible at a poll whose now() was at or before `since`. Queries add
-        `id > %(id_floor)s` and the primary key does the range scan.
-        """
-        usable = [mark for mark in self._id_marks if mark[0] <= since]
-        if not usable:
-            return None
-        self._id_marks = self._id_marks[len(usable) - 1:]
-        return usable[-1][1]
+def _id_floor(marks: tuple, since: datetime) -> tuple[tuple, Any]:
+    """An id below every row whose timestamp is after `since` (or None), and the marks to keep.
 
-    def _forget_before(self, since: datetime) -> None:
-        """Rows at or before `since` are never read again, so they need no memory."""
-        self._seen = {key: ts for key, ts in self._seen.items() if ts > since}
-
-    @property
-    def remembered(self) -> int:
-        return len(self._seen)
+    For tables whose timestamp has no index but whose id comes from a sequence (procrastinate
+    events): a row stamped after `since` was inserted after `since`, so its id is above every id
+    that was visible at a poll whose now() was at or before `since`. Queries add
+    `id > %(id_floor)s` and the primary key does the range scan.
+    """
+    usable = [mark for mark in marks if mark[0] <= since]
+    if not usable:
+        return marks, None
+    return marks[len(usable) - 1:], usable[-1][1]
 
 
 def keyset(

@@ -199,8 +199,15 @@ HOST_SCRATCH_ERRORS = Spec(
     "pipemon_host_scratch_errors_total", "counter",
     "Polls that found the directory unusable, by reason.", ("source", "path", "reason"))
 
+CONFIG_RELOAD_OK = Spec(
+    "pipemon_config_last_reload_successful", "gauge",
+    "1 if the last config reload (SIGHUP) succeeded, 0 if the new config was refused.", ())
+CONFIG_RELOAD_TIME = Spec(
+    "pipemon_config_last_reload_success_timestamp_seconds", "gauge",
+    "Unix time of the last successful config load (start or reload).", ())
+
 SELF_SPECS = (BUILD_INFO, SOURCE_UP, SOURCE_POLL_DURATION, SOURCE_POLL_ERRORS,
-              SOURCE_LAST_SUCCESS, FOLDED_LABEL_VALUES)
+              SOURCE_LAST_SUCCESS, FOLDED_LABEL_VALUES, CONFIG_RELOAD_OK, CONFIG_RELOAD_TIME)
 
 
 class Families:

@@ -129,47 +129,54 @@ class SourceRunner:
 
 
 class Scheduler:
-    def __init__(self, runners: list[SourceRunner]):
-        self.runners = runners
-        self.stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
+    """One thread per runner, each with its own stop event, so a reload can stop some."""
 
-    def start(self) -> None:
-        for runner in self.runners:
-            thread = threading.Thread(
-                target=self._loop, args=(runner,), name=f"poll-{runner.name}", daemon=True)
+    def __init__(self) -> None:
+        self._loops: dict[SourceRunner, tuple[threading.Thread, threading.Event]] = {}
+
+    def start(self, runners: list[SourceRunner]) -> None:
+        for runner in runners:
+            stopping = threading.Event()
+            thread = threading.Thread(target=self._loop, args=(runner, stopping),
+                                      name=f"poll-{runner.name}", daemon=True)
+            self._loops[runner] = (thread, stopping)
             thread.start()
-            self._threads.append(thread)
 
-    def _loop(self, runner: SourceRunner) -> None:
+    @staticmethod
+    def _loop(runner: SourceRunner, stopping: threading.Event) -> None:
         interval = runner.source.config.interval
         # Spread the first polls of many sources; small, so readiness comes quickly.
-        if self.stopping.wait(random.uniform(0, min(MAX_START_JITTER, interval / 4))):
+        if stopping.wait(random.uniform(0, min(MAX_START_JITTER, interval / 4))):
             return
         next_run = time.monotonic()
-        while not self.stopping.is_set():
+        while not stopping.is_set():
             runner.poll_once()
             next_run += interval
             now = time.monotonic()
             if next_run < now:  # the poll overran: skip the missed ticks, never run back to back
                 next_run = now + interval - (now - next_run) % interval
-            if self.stopping.wait(next_run - now):
+            if stopping.wait(next_run - now):
                 break
 
     def alive(self) -> bool:
         """All loops running and none stuck in a poll far beyond its deadline."""
-        return all(t.is_alive() for t in self._threads) and not any(
-            r.hung_for() for r in self.runners)
+        return all(thread.is_alive() for thread, _ in self._loops.values()) and not any(
+            runner.hung_for() for runner in self._loops)
 
-    def stop(self, timeout: float) -> None:
-        """Stop the loops: let polls in progress finish, interrupt those that do not in time."""
-        self.stopping.set()
+    def remove(self, runners: list[SourceRunner], timeout: float) -> None:
+        """Stop these loops: polls in progress may finish; those that do not are interrupted."""
+        loops = [(runner, *self._loops.pop(runner)) for runner in runners if runner in self._loops]
+        for _, _, stopping in loops:
+            stopping.set()
         deadline = time.monotonic() + timeout
-        for runner, thread in zip(self.runners, self._threads, strict=True):
+        for runner, thread, _ in loops:
             thread.join(max(0.0, deadline - time.monotonic() - 1.0))
             if thread.is_alive():
                 runner.source.interrupt()
-        for runner, thread in zip(self.runners, self._threads, strict=True):
+        for runner, thread, _ in loops:
             thread.join(max(0.0, deadline - time.monotonic()))
             if not thread.is_alive():  # a poll still running owns its connection: leave it
                 runner.source.close()
+
+    def stop(self, timeout: float) -> None:
+        self.remove(list(self._loops), timeout)

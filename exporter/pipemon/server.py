@@ -11,6 +11,7 @@ import html
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import make_wsgi_app
 
 from pipemon.app import VERSION, App
+from pipemon.webconfig import BasicAuth, WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +30,25 @@ class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def handle_error(self, request, client_address) -> None:
+        # A client that hangs up or fails the TLS handshake is not pipemon's error.
+        log.debug("connection from %s failed", client_address[0], exc_info=True)
+
 
 class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 30  # a client that sends nothing for this long is dropped
+
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            # The handshake runs here, on the connection's own thread, not in accept().
+            self.request.settimeout(self.timeout)
+            self.request.do_handshake()
+        super().setup()
+
     def log_message(self, format: str, *args) -> None:
         log.debug("%s - %s", self.address_string(), format % args)
 
@@ -88,8 +103,29 @@ tr.down td:nth-child(3){{color:#b00;font-weight:bold}}tr.up td:nth-child(3){{col
 """
 
 
-def make_app(app: App):
-    """The WSGI application serving every endpoint."""
+def with_headers(wsgi_app, headers: dict[str, str]):
+    """Add the web config's response headers to every response."""
+
+    def wrapped(environ, start_response):
+        def start(status, response_headers, exc_info=None):
+            return start_response(status, [*response_headers, *headers.items()], exc_info)
+
+        return wsgi_app(environ, start)
+
+    return wrapped
+
+
+def make_app(app: App, web: WebConfig | None = None):
+    """The WSGI application serving every endpoint, behind basic auth when configured."""
+    handler = _endpoints(app)
+    if web is not None and web.headers:
+        handler = with_headers(handler, web.headers)
+    if web is not None and web.users:
+        handler = BasicAuth(handler, web.users)
+    return handler
+
+
+def _endpoints(app: App):
     metrics_app = make_wsgi_app(app.registry)
 
     def respond(start_response, status: str, body: str, content_type: str) -> list[bytes]:
@@ -130,10 +166,13 @@ def make_app(app: App):
 class HttpServer:
     """The threaded server on its own thread; `stop()` closes the socket."""
 
-    def __init__(self, app: App, host: str, port: int):
+    def __init__(self, app: App, host: str, port: int, web: WebConfig | None = None):
         server_class = _Server6 if ":" in host else _Server
-        self._server = make_server(host, port, make_app(app), server_class=server_class,
+        self._server = make_server(host, port, make_app(app, web), server_class=server_class,
                                    handler_class=_QuietHandler)
+        if web is not None and web.tls is not None:
+            self._server.socket = web.tls.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.2}, name="http",
                                         daemon=True)

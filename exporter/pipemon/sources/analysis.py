@@ -100,6 +100,7 @@ class AnalysisSource(PgSource):
                 self._results.inc(("succeeded" if ok else "failed",))
                 if seconds is not None:
                     self._durations.observe((), seconds)
+            self.reader.commit()
         return None
 
     def collect(self, families: m.Families, snapshot: None) -> None:

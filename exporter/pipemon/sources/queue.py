@@ -180,7 +180,11 @@ class QueueSource(PgSource):
             log.info("%s: %s schema version %s", self.name, self.schema.name, version)
             self.schema_version = version
         with self._lock:
-            return self._apply(db_now, active, finished, started, unmapped)
+            snapshot = self._apply(db_now, active, finished, started, unmapped)
+            for reader in (self.finished_reader, self.started_reader):
+                if reader is not None:
+                    reader.commit()  # counted: only now may the readers move on
+            return snapshot
 
     def _queue(self, raw: str | None) -> str:
         return self.queue_cap(raw or self.config.default_queue)
