@@ -91,14 +91,15 @@ class Exporter(Process):
 
     name = "pipemon"
 
-    def __init__(self, workdir: Path, sources: list[dict], **top):
+    def __init__(self, workdir: Path, sources: list[dict], extra_args: list[str] = (), **top):
         super().__init__(workdir)
         self.config = workdir / "pipemon.yaml"
         self.config.write_text(yaml.safe_dump({**top, "sources": sources}, sort_keys=False))
+        self.extra_args = list(extra_args)
 
     def start(self) -> Exporter:
         self._spawn([sys.executable, "-m", "pipemon", "serve", "--config", str(self.config),
-                     "--web.listen-address", f"127.0.0.1:{self.port}"],
+                     "--web.listen-address", f"127.0.0.1:{self.port}", *self.extra_args],
                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self._wait_ready("/readyz")
         return self
@@ -126,6 +127,19 @@ class Prometheus(Process):
                 {"static_configs": [{"targets": list(alertmanagers)}]}]}
         self.config = workdir / "prometheus.yml"
         self.config.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def backfill(self, openmetrics: str) -> None:
+        """Write series into the TSDB before `start()`: `openmetrics` is OpenMetrics text with
+        timestamps (seconds) in the past, ending with "# EOF" (promtool tsdb
+        create-blocks-from openmetrics)."""
+        assert self.proc is None, "backfill before start()"
+        source = self.workdir / "backfill.om"
+        source.write_text(openmetrics)
+        result = subprocess.run([require("promtool", "prometheus"), "tsdb",
+                                 "create-blocks-from", "openmetrics", str(source),
+                                 str(self.workdir / "data")],
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0, f"promtool backfill failed:\n{result.stdout}{result.stderr}"
 
     def start(self) -> Prometheus:
         binary = require("prometheus", "prometheus")
@@ -160,23 +174,51 @@ class Prometheus(Process):
 
 
 class Alertmanager(Process):
-    """Alertmanager 0.25 with `config_file`, no gossip (no cluster)."""
+    """Alertmanager 0.25 with `config_file`. Alone (no gossip) unless `cluster` is true: then it
+    gossips on its own loopback port (`cluster_address`) with the `peers` (their addresses)."""
 
     name = "alertmanager"
 
-    def __init__(self, workdir: Path, config_file: Path):
+    def __init__(self, workdir: Path, config_file: Path, cluster: bool = False,
+                 peers: list[str] = (), external_url: str | None = None):
         super().__init__(workdir)
         self.config_file = config_file
+        self.cluster_port = free_port() if cluster else None
+        self.peers = list(peers)
+        self.external_url = external_url
+
+    @property
+    def cluster_address(self) -> str:
+        return f"127.0.0.1:{self.cluster_port}"
 
     def start(self) -> Alertmanager:
         binary = require("prometheus-alertmanager", "prometheus-alertmanager")
-        self._spawn([binary, f"--config.file={self.config_file}",
-                     f"--storage.path={self.workdir / 'data'}",
-                     f"--web.listen-address=127.0.0.1:{self.port}",
-                     "--cluster.listen-address=", "--log.level=warn"])
+        argv = [binary, f"--config.file={self.config_file}",
+                f"--storage.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"]
+        if self.external_url:
+            argv.append(f"--web.external-url={self.external_url}")
+        if self.cluster_port is None:
+            argv.append("--cluster.listen-address=")
+        else:
+            argv.append(f"--cluster.listen-address={self.cluster_address}")
+            argv += [f"--cluster.peer={peer}" for peer in self.peers]
+        self._spawn(argv)
         self._wait_ready("/-/ready")
         return self
 
     def alerts(self) -> list[dict]:
         _, body = http_get(f"{self.url}/api/v2/alerts")
         return json.loads(body)
+
+    def post(self, alerts: list[dict]) -> None:
+        """Send alerts the way Prometheus does (POST /api/v2/alerts)."""
+        request = urllib.request.Request(f"{self.url}/api/v2/alerts",
+                                         data=json.dumps(alerts).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200, response.read()
+
+    def cluster_members(self) -> int:
+        _, body = http_get(f"{self.url}/api/v2/status")
+        return len(json.loads(body)["cluster"].get("peers") or [])
