@@ -160,7 +160,7 @@ def test_poll_all_once_polls_every_source_even_after_a_failure(make_app, pg_dsn)
 
 def test_a_poll_failing_after_the_finished_read_loses_no_job(make_app, pg_dsn, db):
     """Regression: the finished-jobs reader moved on although its poll failed later."""
-    from pipemon.sources.base import PollError
+    from pipemon.errors import PollError
 
     app = make_app([queue_source(pg_dsn)])
     db.execute("INSERT INTO jobs (queue, status) SELECT 'q', 'waiting'"

@@ -86,11 +86,17 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+MAX_DURATION = 366 * 86400  # longer is a typo, and would overflow the scheduler's waits
+
+
 def duration(value: Any) -> float:
     """`15s`, `5m`, `1h30m`, `250ms` -> seconds. A bare number is refused: its unit is a guess."""
     text = str(value).strip() if isinstance(value, str) else None
     if text and _DURATION_PART.sub("", text) == "" and _DURATION_PART.search(text):
-        return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
+        if seconds > MAX_DURATION:
+            raise ValueError(f"{value!r} is longer than a year")
+        return seconds
     raise ValueError(f"expected a duration like 15s, 5m or 1h30m, got {value!r}")
 
 
@@ -134,12 +140,13 @@ def string_list(value: Any) -> tuple[str, ...]:
     return tuple(string(v) for v in value)
 
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_PLAIN_KEY = re.compile(r"[\w.-]+")
 
 
 def name(value: Any) -> str:
     text = string(value)
-    if not _NAME.match(text):
+    if not _NAME.fullmatch(text):
         raise ValueError(f"expected letters, digits, '_', '-' or '.', got {text!r}")
     return text
 
@@ -157,6 +164,13 @@ def _show(value: Any) -> str:
 # --- reading mappings with paths ---
 
 
+def join_path(path: str, key) -> str:
+    """`path.key`; a key that is not a plain word is quoted, so that a newline or `: ` in a
+    key cannot break the one-line-per-problem output."""
+    text = key if isinstance(key, str) and _PLAIN_KEY.fullmatch(key) else repr(key)
+    return f"{path}.{text}" if path else text
+
+
 class Node:
     """A mapping being read. Remembers its path and which keys were read, to reject the rest."""
 
@@ -167,8 +181,8 @@ class Node:
         self.base_dir = base_dir
         self._read: set[str] = set()
 
-    def where(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
+    def where(self, key) -> str:
+        return join_path(self.path, key)
 
     def problem(self, key: str, message: str) -> None:
         self.problems.append(f"{self.where(key)}: {message}")
@@ -292,10 +306,8 @@ def _interpolate_tree(value: Any, path: str, env: dict, problems: list[str]) -> 
             problems.append(f"{path}: {err}")
             return UNRESOLVED
     if isinstance(value, dict):
-        return {
-            k: _interpolate_tree(v, f"{path}.{k}" if path else str(k), env, problems)
-            for k, v in value.items()
-        }
+        return {k: _interpolate_tree(v, join_path(path, k), env, problems)
+                for k, v in value.items()}
     if isinstance(value, list):
         return [_interpolate_tree(v, f"{path}[{i}]", env, problems) for i, v in enumerate(value)]
     return value

@@ -19,14 +19,16 @@ from contextlib import contextmanager, suppress
 
 import psycopg
 from psycopg import errors, sql
+from psycopg.adapt import Loader
 from psycopg.conninfo import conninfo_to_dict
 
 from pipemon.config import Secret
-from pipemon.sources.base import PollError, redact
+from pipemon.errors import PollError, redact
 
 log = logging.getLogger(__name__)
 
 APPLICATION_NAME = "pipemon"
+UNKNOWN_TYPE_OID = 0  # the loader psycopg uses for types it has no loader for (e.g. enums)
 WATCHDOG_GRACE = 2.0  # seconds past the poll deadline before the connection is cut
 _URL_PASSWORD = re.compile(r"://[^:/@]*:([^@]+)@")
 DB_ERROR_REASONS = ("connect", "auth", "timeout", "schema", "permission", "sql_error", "internal")
@@ -79,6 +81,14 @@ def classify(exc: BaseException) -> str:
     return "internal"
 
 
+class LenientTextLoader(Loader):
+    """Text from a SQL_ASCII database, which may hold any bytes: UTF-8 where it is, U+FFFD for
+    the rest, instead of bytes objects where the sources expect strings."""
+
+    def load(self, data) -> str:
+        return bytes(data).decode("utf-8", "replace")
+
+
 class PgSession:
     """A lazily opened connection, re-opened after it breaks."""
 
@@ -100,6 +110,9 @@ class PgSession:
             autocommit=False,
         )
         conn.read_only = True
+        if conn.info.encoding == "ascii":  # SQL_ASCII: the server stores bytes as they came
+            for type_name in ("text", "varchar", "bpchar", "name", UNKNOWN_TYPE_OID):
+                conn.adapters.register_loader(type_name, LenientTextLoader)
         with conn.cursor() as cur:
             # Session settings: set once, in a transaction that is then committed.
             timeout_ms = str(max(1, int(self._timeout * 1000)))

@@ -6,6 +6,7 @@ prometheus_client global registry.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 from collections.abc import Iterable, Iterator
@@ -282,6 +283,19 @@ class HistogramSet:
             family.add_metric([*prefix, *labels], buckets, self._sums[labels])
 
 
+MAX_LABEL_LENGTH = 128
+
+
+def label_value(raw) -> str:
+    """A label value read from data: text, and not absurdly long. A long value keeps its start
+    and a short hash of the whole, so two long names that share a start stay two series."""
+    text = raw if isinstance(raw, str) else "" if raw is None else str(raw)
+    if len(text) <= MAX_LABEL_LENGTH:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:8]
+    return f"{text[:MAX_LABEL_LENGTH - 9]}~{digest}"
+
+
 class LabelCap:
     """Admits at most `limit` distinct values of a label read from data; the rest become 'other'.
 
@@ -297,7 +311,8 @@ class LabelCap:
         self.folded: set[str] = set()
         self._lock = threading.Lock()
 
-    def __call__(self, value: str) -> str:
+    def __call__(self, raw) -> str:
+        value = label_value(raw)
         with self._lock:
             if value in self._admitted:
                 return value

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipemon import metrics as m
-from pipemon.sources.base import PollError, Source, redact
+from pipemon.errors import PollError, redact
+from pipemon.sources.base import Source
 
 log = logging.getLogger(__name__)
 

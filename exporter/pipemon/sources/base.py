@@ -1,4 +1,4 @@
-"""What every source kind provides, and the error a failed poll raises."""
+"""What every source kind provides."""
 
 from __future__ import annotations
 
@@ -7,26 +7,6 @@ from typing import Any
 
 from pipemon.config import SourceConfig
 from pipemon.metrics import Families, Spec
-
-REDACTED = "***"
-MAX_ERROR_LENGTH = 300
-
-
-class PollError(Exception):
-    """A poll failed for a known `reason` (a short label value such as `connect` or `timeout`)."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    """`text` with every secret replaced, cut to one short line: safe for logs and pages."""
-    for secret in sorted(filter(None, secrets), key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    line = " ".join(text.split())
-    return line if len(line) <= MAX_ERROR_LENGTH else line[: MAX_ERROR_LENGTH - 3] + "..."
 
 
 class Source(ABC):

@@ -22,7 +22,7 @@ from psycopg import sql
 from pipemon import metrics as m
 from pipemon.config import Node, Secret, SourceConfig, name, positive_duration, positive_int
 from pipemon.db import describe_dsn, dsn_secrets
-from pipemon.sources.base import PollError
+from pipemon.errors import PollError
 from pipemon.sources.pg import PgSource, read_dsn
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ REASONS = ("timeout", "schema", "permission", "sql_error", "no_value", "non_nume
            "null_value", "too_many_rows", "bad_label", "duplicate_labels", "deadline")
 # Errors that mean the database itself is gone: the poll fails, not the check.
 SOURCE_REASONS = ("connect", "auth")
-_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 RESERVED_LABELS = {"source", "check", "job", "instance"}
 MAX_LABEL_LENGTH = 200
 
@@ -260,7 +260,8 @@ def _parse_row(row: dict) -> tuple[tuple[tuple[str, str], ...], float]:
     for column in sorted(row):
         if column == "value":
             continue
-        if not _LABEL_NAME.match(column) or column.startswith("__") or column in RESERVED_LABELS:
+        if (not _LABEL_NAME.fullmatch(column) or column.startswith("__")
+                or column in RESERVED_LABELS):
             raise CheckError("bad_label", f"column {column!r} cannot be a label name")
         labels.append((column, _label_text(row[column])))
     return tuple(labels), float(value)

@@ -7,7 +7,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 from pipemon.config import Node, Secret
 from pipemon.db import DB_ERROR_REASONS, PgSession, describe_dsn, dsn_secrets
-from pipemon.sources.base import Source, redact
+from pipemon.errors import redact
+from pipemon.sources.base import Source
 
 
 def read_dsn(node: Node) -> Secret | None:

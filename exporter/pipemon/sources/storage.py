@@ -52,7 +52,8 @@ from pipemon.config import (
     string,
     string_list,
 )
-from pipemon.sources.base import Source, redact
+from pipemon.errors import redact
+from pipemon.sources.base import Source
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,8 @@ from pipemon.config import (
     string,
     string_list,
 )
-from pipemon.sources.base import PollError, Source, redact
+from pipemon.errors import PollError, redact
+from pipemon.sources.base import Source
 
 log = logging.getLogger(__name__)
 

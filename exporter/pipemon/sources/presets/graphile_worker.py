@@ -12,7 +12,7 @@ from __future__ import annotations
 from psycopg import sql
 
 from pipemon.db import Cursor
-from pipemon.sources.base import PollError
+from pipemon.errors import PollError
 from pipemon.sources.presets.base import STUCK_AFTER, QueueSchema, aggregate
 
 # graphile-worker treats a lock older than 4 hours as abandoned and runs the job again.

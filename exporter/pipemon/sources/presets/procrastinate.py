@@ -11,8 +11,8 @@ from __future__ import annotations
 from psycopg import sql
 
 from pipemon.db import Cursor
+from pipemon.errors import PollError
 from pipemon.incremental import keyset
-from pipemon.sources.base import PollError
 from pipemon.sources.presets.base import STUCK_AFTER, QueueSchema, aggregate
 
 # procrastinate's own stalled-worker timeout is 30 s; twice that before calling a worker dead
