@@ -14,7 +14,8 @@ export PIPEMON_POSTGRES_DSN
 
 PROMTOOL ?= promtool
 
-.PHONY: install lint test test-fast run example-db bench rules-check rules-test bundle clean
+.PHONY: install lint test test-fast run example-db bench rules-check rules-test bundle \
+        dashboards dashboards-check clean
 
 install: $(BIN)/pipemon $(NODE_FIXTURES)
 
@@ -28,7 +29,7 @@ tests/queues/%/node_modules/.package-lock.json: tests/queues/%/package-lock.json
 	npm ci --prefix tests/queues/$* --no-audit --no-fund --loglevel=error
 
 lint: install
-	$(BIN)/ruff check exporter tests bench tools examples
+	$(BIN)/ruff check exporter tests bench tools examples grafana
 
 test: lint
 	$(BIN)/pytest -q
@@ -53,6 +54,13 @@ rules-test:
 
 bundle: $(BIN)/pipemon
 	$(BIN)/python tools/make_bundle.py
+
+# Dashboards are code (grafana/*.py); the JSON is generated and committed.
+dashboards: $(BIN)/pipemon
+	$(BIN)/python -m grafana.generate
+
+dashboards-check: $(BIN)/pipemon
+	$(BIN)/python -m grafana.generate --check
 
 bench: $(BIN)/pipemon
 	$(BIN)/python bench/bench_queue.py

@@ -13,8 +13,8 @@ Links in the rules can be pointed at your own sites while bundling (the reposito
 defaults, so its tests keep passing):
   PIPEMON_RUNBOOK_URL  replaces https://github.com/pipemon/pipemon/blob/main/docs/runbooks/
   PIPEMON_GRAFANA_URL  replaces http://grafana.example/d/
-Both are rewritten in every file under rules/ (the tests' expected annotations included, so the
-bundled tests still pass). Values must end with "/".
+Both are rewritten in every file under rules/ and grafana/dashboards/ (the rules' tests'
+expected annotations included, so the bundled tests still pass). Values must end with "/".
 
 Prints the path of the archive. Standard library only.
 """
@@ -33,6 +33,7 @@ CONTENTS = (
     "rules",
     "alertmanager",
     "grafana/dashboards",
+    "grafana/provisioning",
     "docs/runbooks",
     "docs/alerts.md",
     "CHANGELOG.md",
@@ -98,7 +99,7 @@ def build(root: Path, out_dir: Path) -> Path:
                 tar.addfile(info(f"{prefix}/{name}", 0, 0o755, tarfile.DIRTYPE))
                 continue
             data = (root / name).read_bytes()
-            if pairs and name.startswith("rules/"):
+            if pairs and name.startswith(("rules/", "grafana/dashboards/")):
                 text = data.decode("utf-8")
                 for old, new in pairs:
                     text = text.replace(old, new)

@@ -1,0 +1,1 @@
+"""pipemon's Grafana dashboards as code (grafana/generate.py writes grafana/dashboards/)."""
