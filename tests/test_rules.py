@@ -133,7 +133,7 @@ def test_bundle_contents(tmp_path: Path):
     expected = {"VERSION", "CHANGELOG.md", "docs/alerts.md"}
     expected |= {str(p.relative_to(ROOT)) for p in RULES.rglob("*.yaml")}
     expected |= {str(p.relative_to(ROOT)) for p in (ROOT / "docs" / "runbooks").glob("*.md")}
-    for optional in ("alertmanager", "grafana/dashboards"):
+    for optional in ("alertmanager", "grafana/dashboards", "grafana/provisioning"):
         if (ROOT / optional).is_dir():
             expected |= {
                 str(p.relative_to(ROOT))
