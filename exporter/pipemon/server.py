@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog is 5: the 6th simultaneous scraper waited for a SYN
+    # retransmit (1 s, 3 s, ...). Measured with bench/bench_load.py.
+    request_queue_size = 128
 
     def handle_error(self, request, client_address) -> None:
         # A client that hangs up or fails the TLS handshake is not pipemon's error.
