@@ -27,10 +27,10 @@ def test_no_secret_in_any_output(tmp_path, pg_dsn, services):
     trigger = FakeTrigger(TRIGGER_KEY).start()
     try:
         client = s3_client(moto.url)
-        client.create_bucket(Bucket="media",
+        client.create_bucket(Bucket="secrets-media",
                              CreateBucketConfiguration={"LocationConstraint": "auto"})
         client.close()
-        storage = {"kind": "storage", "bucket": "media", "access_key_id": "AKIAPIPEMONTEST",
+        storage = {"kind": "storage", "bucket": "secrets-media", "access_key_id": "AKIAPIPEMONTEST",
                    "secret_access_key": S3_SECRET, "interval": "1s", "timeout": "1s"}
         exporter = services(Exporter(tmp_path / "exporter", [
             queue_source(f"{pg_dsn} password={DSN_PASSWORD}", interval="1s", timeout="1s"),
@@ -50,10 +50,11 @@ def test_no_secret_in_any_output(tmp_path, pg_dsn, services):
         health = outputs["/health"]
         for reason in ('"reason": "connect"', '"reason": "auth"'):
             assert reason in health, health  # the failures happened and are reported
-        assert 'pipemon_storage_probe_success{bucket="media",source="r2"} 1.0' in \
+        assert 'pipemon_storage_probe_success{bucket="secrets-media",source="r2"} 1.0' in \
             outputs["/metrics"]
     finally:
         trigger.stop()
+        moto.reset()  # moto servers share the process's state: leave no bucket behind
         moto.stop()
     exporter.stop()
     outputs["log"] = exporter.log()
