@@ -15,7 +15,7 @@ export PIPEMON_POSTGRES_DSN
 PROMTOOL ?= promtool
 
 .PHONY: install lint test test-fast run example-db bench rules-check rules-test bundle \
-        dashboards dashboards-check clean
+        dashboards dashboards-check am-render am-check clean
 
 install: $(BIN)/pipemon $(NODE_FIXTURES)
 
@@ -36,7 +36,7 @@ test: lint
 
 # Unit tests only: no database, no promtool.
 test-fast: install
-	$(BIN)/pytest -q -m "not postgres and not e2e and not rules"
+	$(BIN)/pytest -q -m "not postgres and not e2e and not rules and not alertmanager"
 
 example-db: $(BIN)/pipemon
 	$(BIN)/python examples/example_db.py
@@ -54,6 +54,14 @@ rules-test:
 
 bundle: $(BIN)/pipemon
 	$(BIN)/python tools/make_bundle.py
+
+# Alertmanager config rendered from alertmanager/values.yaml (docs/alertmanager.md).
+am-render: $(BIN)/pipemon
+	$(BIN)/python tools/render_alertmanager.py
+
+am-check: $(BIN)/pipemon
+	amtool check-config alertmanager/alertmanager.yml
+	$(BIN)/pytest -q -m "alertmanager and not e2e"
 
 # Dashboards are code (grafana/*.py); the JSON is generated and committed.
 dashboards: $(BIN)/pipemon

@@ -135,3 +135,17 @@ def services(tmp_path):
     yield start
     for process in reversed(started):
         process.stop()
+
+
+@pytest.fixture
+def sinks():
+    """Local Slack/PagerDuty/webhook (HTTP) and SMTP receivers (tests/sinks.py), stopped after
+    the test. Ask for it before `services`, so that Alertmanager stops first."""
+    from tests.sinks import HttpSink, SmtpSink
+
+    http, smtp = HttpSink().start(), SmtpSink().start()
+    try:
+        yield http, smtp
+    finally:
+        http.stop()
+        smtp.stop()

@@ -79,3 +79,16 @@ def url_dsn(dsn: str) -> str:
         auth += ":" + quote(params["password"], safe="")
     host = params.get("host", "127.0.0.1")
     return f"postgresql://{auth}@{host}:{params.get('port', 5432)}/{params['dbname']}"
+
+
+def stays(check: Callable[[], Any], duration: float, what: str, interval: float = 0.25) -> None:
+    """Poll `check` for `duration` seconds; fail at once, saying what it returned, if it ever
+    returns something falsy (the counterpart of wait_until: a condition that must hold)."""
+    deadline = time.monotonic() + duration
+    while True:
+        last = check()
+        if not last:
+            raise AssertionError(f"{what} stopped holding; last saw: {last!r}")
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(interval)

@@ -180,9 +180,11 @@ class Alertmanager(Process):
     name = "alertmanager"
 
     def __init__(self, workdir: Path, config_file: Path, cluster: bool = False,
-                 peers: list[str] = (), external_url: str | None = None):
+                 peers: list[str] = (), external_url: str | None = None,
+                 log_level: str = "warn"):
         super().__init__(workdir)
         self.config_file = config_file
+        self.log_level = log_level
         self.cluster_port = free_port() if cluster else None
         self.peers = list(peers)
         self.external_url = external_url
@@ -195,7 +197,7 @@ class Alertmanager(Process):
         binary = require("prometheus-alertmanager", "prometheus-alertmanager")
         argv = [binary, f"--config.file={self.config_file}",
                 f"--storage.path={self.workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"]
+                f"--web.listen-address=127.0.0.1:{self.port}", f"--log.level={self.log_level}"]
         if self.external_url:
             argv.append(f"--web.external-url={self.external_url}")
         if self.cluster_port is None:
@@ -219,6 +221,9 @@ class Alertmanager(Process):
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.status == 200, response.read()
 
-    def cluster_members(self) -> int:
+    def cluster_ready(self, members: int) -> bool:
+        """Whether gossip has settled with `members` peers (itself included): until then a
+        clustered Alertmanager holds its notifications (at most --cluster.settle-timeout)."""
         _, body = http_get(f"{self.url}/api/v2/status")
-        return len(json.loads(body)["cluster"].get("peers") or [])
+        cluster = json.loads(body)["cluster"]
+        return cluster["status"] == "ready" and len(cluster.get("peers") or []) == members

@@ -36,6 +36,8 @@ CONTENTS = (
     "grafana/provisioning",
     "docs/runbooks",
     "docs/alerts.md",
+    "docs/alertmanager.md",
+    "tools/render_alertmanager.py",
     "CHANGELOG.md",
     "VERSION",
 )
