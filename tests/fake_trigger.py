@@ -12,18 +12,19 @@ told to answer 429 with Retry-After, 500, or slowly.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
+
+from tests.loopback import LoopbackServer
 
 
 def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class FakeTrigger:
+class FakeTrigger(LoopbackServer):
     def __init__(self, secret_key: str):
         self.secret_key = secret_key
         self.queues: list[dict] = []
@@ -41,21 +42,13 @@ class FakeTrigger:
             def do_GET(self):
                 fake.handle(self)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        super().__init__(server)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}"
-
-    def start(self) -> FakeTrigger:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return f"http://127.0.0.1:{self.port}"
 
     def add_run(self, run_id, task, status, created, started=None, finished=None, **extra):
         self.runs.append({"id": run_id, "taskIdentifier": task, "status": status,

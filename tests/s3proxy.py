@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 from moto.server import ThreadedMotoServer
 
+from tests.loopback import LoopbackServer
+
 
 class Moto:
     """moto's S3 server on 127.0.0.1; `stop()` and `start()` again keep the same port."""
@@ -91,29 +93,21 @@ class Corrupt:
 Action = Respond | Stall | Swallow | Corrupt | None
 
 
-class S3Proxy:
+class S3Proxy(LoopbackServer):
     def __init__(self, upstream: str) -> None:
         self.upstream = urlsplit(upstream)
         self.rule: Callable[[Request], Action] = lambda request: None
         self.seen: list[Request] = []
         self._released = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        super().__init__(ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class()))
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
-
-    def start(self) -> S3Proxy:
-        self._thread.start()
-        return self
+        return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self._released.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._released.set()  # let stalled requests go, or shutdown() would wait for them
+        super().stop()
 
     def _handler_class(self):
         proxy = self

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.loopback import LoopbackServer
+
 
 @dataclass(frozen=True)
 class Request:
@@ -36,28 +38,17 @@ class Request:
     body: dict
 
 
-class HttpSink:
+class HttpSink(LoopbackServer):
     """Answers every POST with 2xx and records it (PagerDuty's path answers 202 like the API)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: list[Request] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        super().__init__(ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class()))
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
-
-    def start(self) -> HttpSink:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        return f"http://127.0.0.1:{self.port}"
 
     def requests(self, path: str | None = None) -> list[Request]:
         """What arrived so far (at `path` only, if given), oldest first."""
@@ -111,29 +102,19 @@ class Mail:
         return part.get_content() if part is not None else ""
 
 
-class SmtpSink:
+class SmtpSink(LoopbackServer):
     """An SMTP relay that accepts every message (and any AUTH PLAIN) and records it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._mails: list[Mail] = []
-        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = False  # server_close() waits for open sessions
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), self._handler_class())
+        server.daemon_threads = False  # server_close() waits for open sessions
+        super().__init__(server)
 
     @property
     def smarthost(self) -> str:
-        return f"127.0.0.1:{self._server.server_address[1]}"
-
-    def start(self) -> SmtpSink:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        return f"127.0.0.1:{self.port}"
 
     def mails(self) -> list[Mail]:
         with self._lock:

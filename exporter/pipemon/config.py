@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -385,11 +385,3 @@ def load(path: str | os.PathLike, env: dict[str, str] | None = None) -> Config:
     if problems:
         raise ConfigError(file, problems)
     return Config(file=file, sources=tuple(source for _, source in sources))
-
-
-def iter_problems(path: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """The problem lines of a config file, empty when it is valid."""
-    try:
-        load(path, env)
-    except ConfigError as err:
-        yield from err.lines()
