@@ -3,12 +3,17 @@ front of it that injects the faults a real R2 or S3 shows (tests/s3proxy.py)."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
+import threading
+import time
 import urllib.request
 
 import boto3
 import pytest
 from botocore.config import Config as BotoConfig
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipemon.config import ConfigError, load
 from pipemon.server import HttpServer
@@ -383,6 +388,104 @@ def test_exporter_keeps_serving_while_storage_fails_and_recovers(make_app, s3, s
     finally:
         app.stop()
         server.stop()
+
+
+def counters(text: str) -> dict[tuple, float]:
+    """Every counter and histogram sample of an exposition, by (name, labels)."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        if family.type in ("counter", "histogram"):
+            for s in family.samples:
+                found[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return found
+
+
+def sockets_to(*ports: int) -> int:
+    """Open client connections to the ports (ESTABLISHED or CLOSE_WAIT: a socket leaked by its
+    owner stays in CLOSE_WAIT after the server hung up)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                remote_port, state = int(fields[2].rsplit(":", 1)[1], 16), fields[3]
+                count += remote_port in ports and state in ("01", "08")
+    return count
+
+
+def threads() -> list[str]:
+    """This process's threads by name, without the numbers Python gives unnamed ones (a
+    restarted moto server has a new one) and the loopback servers' per-request threads."""
+    return sorted(re.sub(r"^Thread-\d+ ", "", t.name) for t in threading.enumerate()
+                  if "process_request_thread" not in t.name)
+
+
+def test_storage_faults_in_a_row_leak_nothing_and_keep_counters_monotonic(make_app, s3, proxy,
+                                                                          stoppable):
+    """Endpoint gone, slow past the timeout, throttled, 500s, one after the other, with the
+    scheduler running: each fault is reported with its reason on the faulty source only, the
+    probe recovers once it heals, /metrics answers all along, counters never go backwards, and
+    no thread, connection or probe object is left behind."""
+    app = make_app([storage_source(proxy.url, interval="1s", timeout="1s"),
+                    storage_source(stoppable.url, name="direct", interval="1s", timeout="1s")])
+    server = HttpServer(app, "127.0.0.1", 0)
+    server.start()
+    app.start()
+    history: list[dict] = []
+
+    def observe() -> dict:
+        history.append(counters(scrape(server.port)))
+        return history[-1]
+
+    def probe_ok(source: str) -> bool:
+        observe()
+        return success(app, source) == 1
+
+    def failing(source: str, operation: str, reason: str):
+        start = failures(app, operation, reason, source) or 0
+        return lambda: observe() and (failures(app, operation, reason, source) or 0) > start
+
+    slow = lambda request: time.sleep(2.5)  # noqa: E731 - then forwarded, too late
+    phases = [
+        ("direct", "endpoint gone", stoppable.stop, stoppable.start, "put", "connect"),
+        ("r2", "slow", lambda: setattr(proxy, "rule", slow), None, "put", "timeout"),
+        ("r2", "throttled", lambda: setattr(proxy, "rule", lambda r: Respond(503, "SlowDown")),
+         None, "put", "throttled"),
+        ("r2", "500s", lambda: setattr(proxy, "rule", lambda r: Respond(500, "InternalError")),
+         None, "put", "server_error"),
+    ]
+    try:
+        for source in ("r2", "direct"):
+            wait_until(lambda source=source: probe_ok(source), 15, f"a good probe of {source}")
+        before, connections = threads(), sockets_to(proxy.port, stoppable.port)
+        for source, fault, inject, heal, operation, reason in phases:
+            other = "direct" if source == "r2" else "r2"
+            inject()
+            wait_until(failing(source, operation, reason), 20, f"{fault}: {operation} {reason}")
+            assert success(app, source) == 0, fault
+            assert source_up(app, source) == 1, fault  # a failed probe is a measurement
+            assert success(app, other) == 1, f"{fault} on {source} hurt {other}"
+            (heal or (lambda: setattr(proxy, "rule", lambda r: None)))()
+            wait_until(lambda source=source: probe_ok(source), 20, f"{source} after {fault}")
+        assert scrape(server.port, "/healthz") == "ok\n"
+        try:
+            wait_until(lambda: threads() == before, 10, "the threads of before")
+        except AssertionError:
+            raise AssertionError(f"threads before: {before}; after: {threads()}") from None
+        wait_until(lambda: sockets_to(proxy.port, stoppable.port) <= connections, 10,
+                   f"at most {connections} connections to the endpoints")
+    finally:
+        app.stop()
+        server.stop()
+    # A put the slow endpoint held lands late, after its key was cleaned up: the next good
+    # probes delete it again.
+    wait_until(lambda: app.poll_all_once() and keys(s3) == [], 10,
+               "no probe object left in the bucket")
+    for before, after in itertools.pairwise(history):
+        went_back = {key: (before[key], value) for key, value in after.items()
+                     if key in before and value < before[key]}
+        assert not went_back, went_back
+    assert len(history) > 10
 
 
 # --- config ---

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import http.client
+import ipaddress
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -29,25 +32,48 @@ from tests.helpers import free_port, queue_source, wait_until, write_config
 PASSWORD = "scrape-Secr3t"
 
 
+def _certificate(subject: str, key, issuer=None, ca=False, ip=None):
+    """A certificate for `key`, signed by `issuer` ((cert, key)) or by itself."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    issuer_name, signer = (issuer[0].subject, issuer[1]) if issuer else (name, key)
+    now = dt.datetime.now(dt.UTC)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=5))
+               .not_valid_after(now + dt.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if ip:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
+            critical=False)
+    return builder.sign(signer, hashes.SHA256())
+
+
+def _write(folder, stem: str, cert, key) -> tuple:
+    (folder / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / f"{stem}.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return folder / f"{stem}.crt", folder / f"{stem}.key"
+
+
+def make_ca(folder, stem: str):
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _certificate(f"{stem} CA", key, ca=True)
+    _write(folder, stem, cert, key)
+    return cert, key
+
+
+def issue(folder, stem: str, ca, ip=None) -> tuple:
+    """A certificate signed by `ca` (for 127.0.0.1 when ip is given); returns (crt, key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return _write(folder, stem, _certificate(stem, key, issuer=ca, ip=ip), key)
+
+
 def self_signed(folder):
     """A certificate for 127.0.0.1 and its key, written to folder; returns (cert, key)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pipemon test")])
-    now = dt.datetime.now(dt.UTC)
-    import ipaddress
-
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
-    (folder / "server.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "server.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    return folder / "server.crt", folder / "server.key"
+    return _write(folder, "server", _certificate("pipemon test", key, ip="127.0.0.1"), key)
 
 
 def web_config(folder, tls=True, users=None) -> str:
@@ -220,3 +246,117 @@ def _sighup_test_body(serve, base, path, stems, db, metric, done):
                "the failed reload reported")
     assert metric('pipemon_source_up{kind="queue",source="second"} 1.0')
     assert "config reload failed, keeping the running config" in serve.log()
+
+
+# --- client certificates and web config reloads ---
+
+HANDSHAKE_REFUSED = (ssl.SSLError, ConnectionError, urllib.error.URLError,
+                     http.client.RemoteDisconnected)
+
+
+def fetch_status(url, context) -> int | str:
+    """The HTTP status, or the name of the error that ended the TLS connection."""
+    try:
+        return get(url, context)[0]
+    except HANDSHAKE_REFUSED as err:
+        return type(getattr(err, "reason", err)).__name__
+
+
+def client_context(ca_file, cert=None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    if cert:
+        context.load_cert_chain(*map(str, cert))
+    return context
+
+
+def served_certificate(port: int, ca_file) -> bytes:
+    """The DER certificate a new connection to the port is shown."""
+    context = client_context(ca_file)
+    with (socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+          context.wrap_socket(raw, server_hostname="127.0.0.1") as tls):
+        return tls.getpeercert(binary_form=True)
+
+
+def der(path) -> bytes:
+    return x509.load_pem_x509_certificate(path.read_bytes()).public_bytes(
+        serialization.Encoding.DER)
+
+
+@pytest.mark.postgres
+def test_client_certificates_are_required_and_verified(tmp_path, pg_dsn):
+    ca = make_ca(tmp_path, "ca")
+    rogue = make_ca(tmp_path, "rogue")
+    issue(tmp_path, "server", ca, ip="127.0.0.1")
+    trusted = issue(tmp_path, "prometheus", ca)
+    untrusted = issue(tmp_path, "intruder", rogue)
+    (tmp_path / "web.yaml").write_text(yaml.safe_dump({"tls_server_config": {
+        "cert_file": "server.crt", "key_file": "server.key",
+        "client_auth_type": "RequireAndVerifyClientCert", "client_ca_file": "ca.crt"}}))
+    config = write_config(tmp_path / "pipemon.yaml", [queue_source(pg_dsn)])
+    serve = Serve(tmp_path, config, "--web.config.file", str(tmp_path / "web.yaml"))
+    url = f"https://127.0.0.1:{serve.port}/metrics"
+    ca_file = tmp_path / "ca.crt"
+    try:
+        wait_until(lambda: fetch_status(url, client_context(ca_file, trusted)) == 200, 30,
+                   "/metrics with a client certificate signed by the CA")
+        for name, context in (("none", client_context(ca_file)),
+                              ("another CA", client_context(ca_file, untrusted))):
+            outcome = fetch_status(url, context)
+            assert outcome != 200 and isinstance(outcome, str), (name, outcome)
+        # the refused handshakes did not hurt the server
+        assert fetch_status(url, client_context(ca_file, trusted)) == 200
+    finally:
+        assert serve.stop() == 0, serve.log()
+
+
+@pytest.mark.postgres
+def test_web_config_reloads_on_sighup_and_on_certificate_rotation(tmp_path, pg_dsn):
+    ca = make_ca(tmp_path, "ca")
+    issue(tmp_path, "server", ca, ip="127.0.0.1")
+    web = tmp_path / "web.yaml"
+    tls = {"cert_file": "server.crt", "key_file": "server.key"}
+    web.write_text(yaml.safe_dump({"tls_server_config": tls,
+                                   "basic_auth_users": {"prometheus": hashed(PASSWORD)}}))
+    config = write_config(tmp_path / "pipemon.yaml", [queue_source(pg_dsn)])
+    serve = Serve(tmp_path, config, "--web.config.file", str(web))
+    base = f"https://127.0.0.1:{serve.port}"
+    context = client_context(tmp_path / "ca.crt")
+
+    def status(password):
+        return get(f"{base}/metrics", context, ("prometheus", password))[0]
+
+    try:
+        wait_until(lambda: fetch_status(f"{base}/healthz", context) in (200, 401), 30,
+                   "pipemon serving TLS")
+        assert status(PASSWORD) == 200
+
+        # a new password, by SIGHUP
+        web.write_text(yaml.safe_dump({"tls_server_config": tls,
+                                       "basic_auth_users": {"prometheus": hashed("n3w-pass")}}))
+        serve.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: status(PASSWORD) == 401, 10, "the old password refused")
+        assert status("n3w-pass") == 200
+
+        # a renewed certificate, without a signal (as cert-manager renews a Secret)
+        before = served_certificate(serve.port, tmp_path / "ca.crt")
+        assert before == der(tmp_path / "server.crt")
+        issue(tmp_path, "server", ca, ip="127.0.0.1")
+        renewed = der(tmp_path / "server.crt")
+        wait_until(lambda: served_certificate(serve.port, tmp_path / "ca.crt") == renewed, 20,
+                   "the renewed certificate served to new connections")
+        assert "web config reloaded (changed on disk)" in serve.log()
+
+        # a broken file keeps the running one, and says so
+        web.write_text(yaml.safe_dump({"tls_server_config": tls,
+                                       "basic_auth_users": {"prometheus": "plain-password"}}))
+        serve.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "web config reload (SIGHUP) failed" in serve.log(), 10,
+                   "the failed reload logged")
+        assert status("n3w-pass") == 200
+        _, body = get(f"{base}/metrics", context, ("prometheus", "n3w-pass"))
+        assert "pipemon_config_last_reload_successful 0.0" in body
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n--- pipemon log ---\n{serve.log()}") from None
+    finally:
+        assert serve.stop() == 0, serve.log()
+    assert "n3w-pass" not in serve.log() and PASSWORD not in serve.log()

@@ -93,27 +93,35 @@ def serve(config_path: str, listen_address: str, web_config_path: str | None, lo
     signals: queue.SimpleQueue[int] = queue.SimpleQueue()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda received, _frame: signals.put(received))
+    web_reloader = None
+    if web is not None:
+        web_reloader = webconfig.Reloader(web_config_path, web, server.apply, app.reload_failed)
     server.start()
     app.start()
     scheme = "https" if web and web.tls else "http"
     log.info("pipemon %s serving on %s://%s with %d sources", VERSION, scheme, listen_address,
              len(config.sources), extra={"listen_address": listen_address})
-    while (received := _next_signal(signals)) == signal.SIGHUP:
+    idle = web_reloader.check if web_reloader else None
+    while (received := _next_signal(signals, idle)) == signal.SIGHUP:
         _reload(app, config_path)
+        if web_reloader:
+            web_reloader.reload()
     log.info("received %s, shutting down", signal.Signals(received).name)
     server.stop()
     app.stop(SHUTDOWN_SECONDS)
     log.info("stopped")
 
 
-def _next_signal(signals: queue.SimpleQueue) -> int:
-    """The next signal received. The wait is bounded: the kernel may deliver a signal to any
-    thread, and Python runs handlers only when the main thread wakes, so it must wake often."""
+def _next_signal(signals: queue.SimpleQueue, idle=None) -> int:
+    """The next signal received, calling `idle` between checks. The wait is bounded: the
+    kernel may deliver a signal to any thread, and Python runs handlers only when the main
+    thread wakes, so it must wake often."""
     while True:
         try:
             return signals.get(timeout=SIGNAL_CHECK_SECONDS)
         except queue.Empty:
-            continue
+            if idle is not None:
+                idle()
 
 
 def _reload(app: App, config_path: str) -> None:

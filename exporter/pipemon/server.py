@@ -32,6 +32,16 @@ class _Server(ThreadingMixIn, WSGIServer):
     # socketserver's default backlog is 5: the 6th simultaneous scraper waited for a SYN
     # retransmit (1 s, 3 s, ...). Measured with bench/bench_load.py.
     request_queue_size = 128
+    tls_context: ssl.SSLContext | None = None  # swapped by a web config reload
+
+    def get_request(self):
+        # Wrapping each connection, not the listening socket, lets a reload change certificates
+        # (or turn TLS on or off) for the next connection.
+        sock, address = self.socket.accept()
+        context = self.tls_context
+        if context is not None:
+            sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
 
     def handle_error(self, request, client_address) -> None:
         # A client that hangs up or fails the TLS handshake is not pipemon's error.
@@ -171,14 +181,22 @@ class HttpServer:
 
     def __init__(self, app: App, host: str, port: int, web: WebConfig | None = None):
         server_class = _Server6 if ":" in host else _Server
-        self._server = make_server(host, port, make_app(app, web), server_class=server_class,
+        self._app = app
+        self._handler = make_app(app, web)
+        self._server = make_server(host, port, self._dispatch, server_class=server_class,
                                    handler_class=_QuietHandler)
-        if web is not None and web.tls is not None:
-            self._server.socket = web.tls.wrap_socket(
-                self._server.socket, server_side=True, do_handshake_on_connect=False)
+        self._server.tls_context = web.tls if web is not None else None
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.2}, name="http",
                                         daemon=True)
+
+    def _dispatch(self, environ, start_response):
+        return self._handler(environ, start_response)
+
+    def apply(self, web: WebConfig) -> None:
+        """Serve the next requests and connections with a new web config."""
+        self._handler = make_app(self._app, web)
+        self._server.tls_context = web.tls
 
     @property
     def port(self) -> int:

@@ -13,6 +13,7 @@
 
 The same keys as the Prometheus exporter-toolkit; the few it has and pipemon does not
 (cipher_suites, curve_preferences, http2) are refused by name rather than silently ignored.
+The file is read again on SIGHUP and whenever it or a file it names changes (`Reloader`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
+import os
 import ssl
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +34,8 @@ import bcrypt
 import yaml
 
 from pipemon.config import ConfigError, Node, one_of, string
+
+log = logging.getLogger(__name__)
 
 # What Python's ssl can do faithfully; exporter-toolkit's RequestClientCert and
 # RequireAnyClientCert (a certificate asked for but not verified) are refused by name.
@@ -47,6 +54,7 @@ class WebConfig:
     tls: ssl.SSLContext | None = None
     users: dict[str, bytes] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
+    files: tuple[Path, ...] = ()  # the config file and the files it names, watched for changes
 
 
 def _bcrypt_hash(value) -> bytes:
@@ -118,7 +126,66 @@ def load(path: str) -> WebConfig:
     root.finish()
     if problems:
         raise ConfigError(path, problems)
-    return WebConfig(tls=tls, users=users, headers=headers)
+    files = [Path(path)]
+    if tls_node:
+        files += [base / tls_node.data[key] for key in ("cert_file", "key_file", "client_ca_file")
+                  if isinstance(tls_node.data.get(key), str)]
+    return WebConfig(tls=tls, users=users, headers=headers, files=tuple(files))
+
+
+def fingerprint(files) -> tuple:
+    """What changes when a file is rewritten or replaced (a Kubernetes Secret update swaps a
+    symlink: stat follows it, so the inode changes)."""
+    stamps = []
+    for path in files:
+        try:
+            st = os.stat(path)
+            stamps.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        except OSError:
+            stamps.append(None)
+    return tuple(stamps)
+
+
+class Reloader:
+    """Reads the web config again on SIGHUP, and when the file or a certificate, key or CA it
+    names changes (a rotated certificate needs no signal, as with exporter-toolkit).
+
+    A new config that fails to load leaves the running one in place; the same broken files are
+    not retried (or logged) again until they change.
+    """
+
+    def __init__(self, path: str, current: WebConfig, apply: Callable[[WebConfig], None],
+                 failed: Callable[[], None], check_every: float = 5.0):
+        self.path = path
+        self._apply, self._failed = apply, failed
+        self._files = current.files or (Path(path),)
+        self._seen = fingerprint(self._files)
+        self._check_every = check_every
+        self._next_check = time.monotonic() + check_every
+
+    def check(self) -> None:
+        """Reload if any watched file changed; cheap enough to call often."""
+        if time.monotonic() < self._next_check:
+            return
+        self._next_check = time.monotonic() + self._check_every
+        if fingerprint(self._files) != self._seen:
+            self.reload("changed on disk")
+
+    def reload(self, why: str = "SIGHUP") -> bool:
+        try:
+            web = load(self.path)
+        except ConfigError as err:
+            self._seen = fingerprint(self._files)
+            self._failed()
+            log.error("web config reload (%s) failed, keeping the running one: %s", why,
+                      "; ".join(err.problems), extra={"web_config": self.path})
+            return False
+        self._files = web.files
+        self._seen = fingerprint(self._files)
+        self._apply(web)
+        log.info("web config reloaded (%s): TLS %s, %d basic auth users", why,
+                 "on" if web.tls else "off", len(web.users), extra={"web_config": self.path})
+        return True
 
 
 class BasicAuth:

@@ -66,6 +66,9 @@ PROBE_BYTES = 1024
 CREDENTIAL_KEYS = ("access_key_id", "secret_access_key")
 MAX_LEFTOVERS = 100  # probe keys whose delete did not happen, retried after a good probe
 CLEANUPS_PER_POLL = 10
+# A put that timed out may still land later (held by a slow endpoint or a proxy), after the
+# cleanup deleted its key: delete it again after each good probe for this long.
+LATE_WRITE_SECONDS = 120.0
 
 AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
               "InvalidToken", "TokenRefreshRequired", "AllAccessDisabled", "Unauthorized",
@@ -244,7 +247,8 @@ class StorageSource(Source):
         if config.inventory:
             for reason in INVENTORY_REASONS:
                 self._inventory_errors.ensure((reason,))
-        self._leftovers: list[str] = []
+        self._leftovers: dict[str, float] = {}  # key -> when its probe failed (monotonic)
+        self._deleted: set[str] = set()  # leftovers deleted once, deleted again until late
         self.last_failure: ProbeFailure | None = None
 
     # --- the client ---
@@ -344,25 +348,38 @@ class StorageSource(Source):
         return ok
 
     def _remember_leftover(self, key: str) -> None:
-        self._leftovers.append(key)
+        self._leftovers[key] = time.monotonic()
         if len(self._leftovers) > MAX_LEFTOVERS:
-            dropped = self._leftovers.pop(0)
-            log.warning("source %s: giving up deleting probe object %s (add a lifecycle rule"
-                        " on %s)", self.name, dropped, self.config.probe_prefix)
+            dropped = next(iter(self._leftovers))
+            self._forget(dropped)
+            if dropped not in self._deleted:
+                log.warning("source %s: giving up deleting probe object %s (add a lifecycle"
+                            " rule on %s)", self.name, dropped, self.config.probe_prefix)
+
+    def _forget(self, key: str) -> None:
+        del self._leftovers[key]
+        self._deleted.discard(key)
 
     def _clean_up(self, client) -> None:
-        """Delete probe objects a failed probe may have left (not measured: not a probe)."""
-        for key in list(self._leftovers[:CLEANUPS_PER_POLL]):
+        """Delete probe objects a failed probe may have left (not measured: not a probe), the
+        ones never deleted first."""
+        now = time.monotonic()
+        due = sorted(self._leftovers, key=lambda key: key in self._deleted)
+        for key in due[:CLEANUPS_PER_POLL]:
             try:
                 client.delete_object(Bucket=self.config.bucket, Key=key)
             except S3_ERRORS as exc:
                 log.debug("source %s: cleanup of %s failed: %s", self.name, key, classify(exc))
                 return
-            self._leftovers.remove(key)
+            self._deleted.add(key)
+            if now - self._leftovers[key] >= LATE_WRITE_SECONDS:
+                self._forget(key)
 
     @property
     def leftovers(self) -> list[str]:
-        return list(self._leftovers)
+        """Probe keys not deleted yet (not counting those deleted again in case of a late
+        write)."""
+        return [key for key in self._leftovers if key not in self._deleted]
 
     # --- the inventory ---
 
