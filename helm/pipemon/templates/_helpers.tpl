@@ -1,0 +1,173 @@
+{{/* Names and labels. */}}
+{{- define "pipemon.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "pipemon.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "pipemon.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pipemon.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "pipemon.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "pipemon.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: pipemon
+{{- end }}
+
+{{- define "pipemon.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "pipemon.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "pipemon.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/* The pipemon config file: the ConfigMap's data and the pods' checksum annotation. */}}
+{{- define "pipemon.configYaml" -}}
+{{- toYaml .Values.config }}
+{{- end }}
+
+{{/*
+A file of files/ (rules/, dashboards/) with its links pointed at links.runbookUrl and
+links.grafanaUrl, as tools/make_bundle.py does. Argument: (dict "root" $ "path" $path).
+*/}}
+{{- define "pipemon.linkedFile" -}}
+{{- $text := .root.Files.Get .path }}
+{{- $text = replace "https://github.com/pipemon/pipemon/blob/main/docs/runbooks/" .root.Values.links.runbookUrl $text }}
+{{- $text = replace "http://grafana.example/d/" .root.Values.links.grafanaUrl $text }}
+{{- $text }}
+{{- end }}
+
+{{/*
+A rule file as a PrometheusRule's spec: its groups, links rewritten, and the scrape job selector
+of instance:pipemon_up:selected set to serviceMonitor.jobName. Argument: (dict "root" $ "path" $path).
+*/}}
+{{- define "pipemon.ruleSpec" -}}
+{{- $text := include "pipemon.linkedFile" . }}
+{{- $jobName := .root.Values.serviceMonitor.jobName }}
+{{- $selector := "expr: up{job=\"pipemon\"}" }}
+{{- if and .root.Values.serviceMonitor.enabled (contains "record: instance:pipemon_up:selected" $text) (not (contains $selector $text)) }}
+{{- fail (printf "%s: instance:pipemon_up:selected no longer reads up{job=\"pipemon\"}, so the ServiceMonitor's job label (serviceMonitor.jobName) cannot be written into it: update the chart" .path) }}
+{{- end }}
+{{- $text = replace $selector (printf "expr: up{job=%s}" ($jobName | toJson)) $text }}
+{{- $rules := $text | fromYaml }}
+{{- if hasKey $rules "Error" }}
+{{- fail (printf "%s: not valid YAML: %s" .path $rules.Error) }}
+{{- end }}
+{{- if not $rules.groups }}
+{{- fail (printf "%s: no rule groups" .path) }}
+{{- end }}
+{{- toYaml (dict "groups" $rules.groups) }}
+{{- end }}
+
+{{/*
+alertmanager.settings checked against alertmanager/values.yaml: every key must exist there and
+keep its shape (a mapping stays a mapping, a value stays a single value).
+Argument: (dict "over" <settings> "base" <defaults> "prefix" "alertmanager.settings").
+*/}}
+{{- define "pipemon.checkAlertmanagerSettings" -}}
+{{- $base := .base }}
+{{- $prefix := .prefix }}
+{{- range $key, $value := .over }}
+{{- $path := printf "%s.%s" $prefix $key }}
+{{- if not (hasKey $base $key) }}
+{{- fail (printf "%s: unknown key (alertmanager/values.yaml has no %q)" $path $key) }}
+{{- end }}
+{{- $default := index $base $key }}
+{{- if kindIs "map" $default }}
+{{- if not (kindIs "map" $value) }}
+{{- fail (printf "%s: must be a mapping" $path) }}
+{{- end }}
+{{- include "pipemon.checkAlertmanagerSettings" (dict "over" $value "base" $default "prefix" $path) }}
+{{- else if or (kindIs "map" $value) (kindIs "slice" $value) (kindIs "invalid" $value) }}
+{{- fail (printf "%s: must be a single value" $path) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Flattens a mapping into .out: "a.b.c" -> value. Argument: (dict "map" <m> "prefix" "" "out" <dict>).
+*/}}
+{{- define "pipemon.flatten" -}}
+{{- $out := .out }}
+{{- $prefix := .prefix }}
+{{- range $key, $value := .map }}
+{{- $path := ternary $key (printf "%s.%s" $prefix $key) (eq $prefix "") }}
+{{- if kindIs "map" $value }}
+{{- include "pipemon.flatten" (dict "map" $value "prefix" $path "out" $out) }}
+{{- else }}
+{{- $_ := set $out $path $value }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+alertmanager/alertmanager.yml.in rendered with alertmanager/values.yaml and the overrides of
+alertmanager.settings, by the rules of tools/render_alertmanager.py: a placeholder that is a whole
+YAML value becomes a JSON scalar; inside a longer value it must be a plain path or URL.
+*/}}
+{{- define "pipemon.alertmanagerConfig" -}}
+{{- $defaults := .Files.Get "files/alertmanager/values.yaml" | fromYaml }}
+{{- if or (not $defaults) (hasKey $defaults "Error") }}
+{{- fail "files/alertmanager/values.yaml: missing or not valid YAML" }}
+{{- end }}
+{{- $settings := .Values.alertmanager.settings | default dict }}
+{{- include "pipemon.checkAlertmanagerSettings" (dict "over" $settings "base" $defaults "prefix" "alertmanager.settings") }}
+{{- $values := mergeOverwrite (deepCopy $defaults) (deepCopy $settings) }}
+{{- $flat := dict }}
+{{- include "pipemon.flatten" (dict "map" $values "prefix" "" "out" $flat) }}
+{{- $text := .Files.Get "files/alertmanager/alertmanager.yml.in" }}
+{{- if not $text }}
+{{- fail "files/alertmanager/alertmanager.yml.in: missing" }}
+{{- end }}
+{{- range $key := keys $flat | sortAlpha }}
+{{- $value := index $flat $key }}
+{{- $placeholder := printf "${%s}" $key }}
+{{- if contains $placeholder $text }}
+{{- if contains "${" (toString $value) }}
+{{- fail (printf "alertmanager.settings.%s: must not contain \"${\"" $key) }}
+{{- end }}
+{{- $whole := printf `(?m)((?::|-)[ \t]+)\$\{%s\}[ \t]*$` (regexQuoteMeta $key) }}
+{{- $text = regexReplaceAll $whole $text (printf "${1}%s" (replace "$" "$$" (toJson $value))) }}
+{{- if contains $placeholder $text }}
+{{- if not (regexMatch `^[A-Za-z0-9_./:@%+~=-]*$` (toString $value)) }}
+{{- fail (printf "alertmanager.settings.%s = %q is used inside a longer value and must be a plain path or URL (no spaces or quotes)" $key (toString $value)) }}
+{{- end }}
+{{- $text = replace $placeholder (toString $value) $text }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $left := regexFind `\$\{[A-Za-z_][A-Za-z0-9_.]*\}` $text }}
+{{- if $left }}
+{{- fail (printf "alertmanager/alertmanager.yml.in: placeholder %s has no value in alertmanager/values.yaml" $left) }}
+{{- end }}
+{{- $parsed := $text | fromYaml }}
+{{- if hasKey $parsed "Error" }}
+{{- fail (printf "the rendered Alertmanager configuration is not valid YAML: %s" $parsed.Error) }}
+{{- end }}
+{{- printf "# Rendered by the pipemon Helm chart from alertmanager/alertmanager.yml.in and alertmanager/values.yaml.\n" }}
+{{- $text }}
+{{- end }}
