@@ -15,7 +15,7 @@ export PIPEMON_POSTGRES_DSN
 PROMTOOL ?= promtool
 
 .PHONY: install lint test test-fast run example-db bench rules-check rules-test bundle \
-        dashboards dashboards-check am-render am-check clean
+        dashboards dashboards-check am-render am-check demo helm-lint image clean
 
 install: $(BIN)/pipemon $(NODE_FIXTURES)
 
@@ -29,10 +29,13 @@ tests/queues/%/node_modules/.package-lock.json: tests/queues/%/package-lock.json
 	npm ci --prefix tests/queues/$* --no-audit --no-fund --loglevel=error
 
 lint: install
-	$(BIN)/ruff check exporter tests bench tools examples grafana
+	$(BIN)/ruff check exporter tests bench tools examples grafana demo
 
+# Test files run on $(TEST_WORKERS) workers: the longest (the alert path, ~4 minutes of
+# Prometheus and Alertmanager waiting on `for:` clauses) overlaps with the rest.
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Unit tests only: no database, no promtool.
 test-fast: install
@@ -72,6 +75,24 @@ dashboards-check: $(BIN)/pipemon
 
 bench: $(BIN)/pipemon
 	$(BIN)/python bench/bench_queue.py
+
+# The whole stack on loopback watching a simulated pipeline that breaks on a schedule
+# (demo/README.md); Ctrl-C stops it. DEMO_SECONDS=N: at most N seconds once it is up, then exit 0
+# only if every expected alert fired and resolved (CI). Installs the missing Debian packages
+# first (sudo when not root), then the virtualenv: the demo needs neither npm nor the node
+# fixtures of `install`.
+demo:
+	@VENV=$(VENV) sh demo/ensure-packages.sh
+	@$(MAKE) -s --no-print-directory $(BIN)/pipemon
+	$(BIN)/python -m demo.run
+
+# The Helm chart: lint, render and validate with the Helm embedded in helm-python-sdk.
+helm-lint: $(BIN)/pipemon
+	$(BIN)/pytest -q tests/test_helm.py
+
+# The exporter image (needs a Docker engine; docs/helm.md).
+image:
+	docker build --build-arg VERSION="$$(cat VERSION)" -t pipemon:"$$(cat VERSION)" .
 
 clean:
 	rm -rf $(VENV) dist build .pytest_cache .ruff_cache exporter/*.egg-info

@@ -257,8 +257,11 @@ def site_values(secrets_dir: Path, http: HttpSink, smtp: SmtpSink) -> dict:
     }
 
 
-def site_config(workdir: Path, http: HttpSink, smtp: SmtpSink) -> Path:
-    """Write the secret files and render the real configuration for the sinks; its path."""
+def site_config(workdir: Path, http: HttpSink, smtp: SmtpSink,
+                extra_values: dict | None = None) -> Path:
+    """Write the secret files and render the real configuration for the sinks; its path.
+    `extra_values` (keys of alertmanager/values.yaml, e.g. the demo's shorter timings) are
+    merged over the sinks' values, as a second --values file."""
     secrets = workdir / "secrets"
     secrets.mkdir(parents=True, exist_ok=True)
     for name, content in secret_files(http).items():
@@ -268,9 +271,13 @@ def site_config(workdir: Path, http: HttpSink, smtp: SmtpSink) -> Path:
         path.chmod(0o600)
     values = workdir / "site-values.yaml"
     values.write_text(yaml.safe_dump(site_values(secrets, http, smtp)))
+    files = ["--values", str(values)]
+    if extra_values:
+        extra = workdir / "extra-values.yaml"
+        extra.write_text(yaml.safe_dump(extra_values))
+        files += ["--values", str(extra)]
     config = workdir / "alertmanager.yml"
-    result = subprocess.run([sys.executable, str(RENDER), "--values", str(values),
-                             "-o", str(config)], capture_output=True, text=True, timeout=30,
-                            check=False)
+    result = subprocess.run([sys.executable, str(RENDER), *files, "-o", str(config)],
+                            capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 0, result.stderr
     return config

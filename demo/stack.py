@@ -1,0 +1,256 @@
+"""The demo's stack, on 127.0.0.1 with free ports, every piece in one temp dir:
+
+  PostgreSQL   a throwaway cluster from the Debian binaries (tests/pgcluster.py), database
+               `pipemon_demo` with examples/schema.sql and examples/integrity_schema.sql
+  S3           moto's server (tests/s3proxy.py), bucket `media`
+  sinks        Slack / PagerDuty / heartbeat over HTTP and an SMTP relay (tests/sinks.py)
+  exporter     `pipemon serve` with the sources of examples/pipemon.yaml, examples/storage.yaml and
+               examples/checks.yaml, as they are but for the poll intervals (`POLL`)
+  Prometheus   Debian's, with rules/*.yaml unchanged, scraping and evaluating every `INTERVAL`,
+               started with six hours of healthy history (see `healthy_history`)
+  Alertmanager Debian's, with the configuration rendered from alertmanager/ (values.yaml plus
+               the sinks' addresses and `AM_TIMING`)
+
+`Stack.start()` registers a clean-up for each piece as soon as it runs; `Stack.close()` stops
+them in reverse order and removes the temp dir. The three processes run in a session of their
+own (a Ctrl-C in the terminal reaches the demo only, which stops them in order) and get SIGTERM
+if the demo itself dies (`setpriv --pdeathsig`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+import yaml
+
+from demo.simulator import ANALYSIS, STEMS, TRACKS_PER_SECOND, Pipeline, s3_client
+from tests.helpers import free_port, wait_until
+from tests.pgcluster import PgCluster
+from tests.s3proxy import Moto
+from tests.services import ROOT, Alertmanager, Exporter, Prometheus
+from tests.sinks import HttpSink, SmtpSink, site_config
+
+EXAMPLES = ROOT / "examples"
+RULES = sorted((ROOT / "rules").glob("*.yaml"))
+DBNAME = "pipemon_demo"
+BUCKET = "media"
+# The example configs poll every 15 s (queues, analysis) to 30 s and 1 m (storage, checks), and
+# production Prometheus scrapes and evaluates every 15 s: the demo does all of it every 5 s so that
+# each fault pages within about 90 s. The rules (`for:` durations, windows) are the shipped ones.
+POLL = "5s"
+CHECKS_POLL = "10s"  # the checks' own timeout is 10 s, and a poll must not outlast its interval
+INTERVAL = "5s"
+INVENTORY_INTERVAL = "30s"
+HISTORY = 6 * 3600
+# Alertmanager: the routes' group_wait stays as shipped (critical 10 s, warning 30 s); resolutions
+# are announced after group_interval, shortened from 1-5 m to 15 s.
+AM_TIMING = {"timing": {route: {"group_interval": "15s"}
+                        for route in ("critical", "warning", "info")}}
+SETPRIV = shutil.which("setpriv")
+
+
+class OwnSession:
+    """Run the child in a session of its own; stop its whole process group."""
+
+    def _spawn(self, argv: list[str], env: dict | None = None) -> None:
+        if SETPRIV:
+            argv = [SETPRIV, "--pdeathsig", "TERM", "--", *argv]
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=self.workdir, env=env, start_new_session=True)
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+class DemoExporter(OwnSession, Exporter):
+    pass
+
+
+class DemoPrometheus(OwnSession, Prometheus):
+    pass
+
+
+class DemoAlertmanager(OwnSession, Alertmanager):
+    pass
+
+
+def exporter_config() -> tuple[dict, list[dict]]:
+    """(defaults, sources) of the example configs, with the demo's poll intervals. The `${...}`
+    references stay: the exporter reads the DSN and the S3 endpoint from its environment."""
+    main = yaml.safe_load((EXAMPLES / "pipemon.yaml").read_text())
+    sources = list(main["sources"])
+    for name in ("storage.yaml", "checks.yaml"):
+        sources += yaml.safe_load((EXAMPLES / name).read_text())["sources"]
+    for source in sources:
+        source["interval"] = POLL
+        if source["kind"] == "storage" and source.get("inventory"):
+            source["inventory"] = {**source["inventory"], "interval": INVENTORY_INTERVAL}
+        if source["kind"] == "checks":
+            source["interval"] = CHECKS_POLL
+            source["checks"] = [{**check, "interval": CHECKS_POLL} if "interval" in check
+                                else check for check in source["checks"]]
+    return {**main.get("defaults", {}), "interval": POLL}, sources
+
+
+def healthy_history(now: float, step: int = 5) -> str:
+    """OpenMetrics for the backfill: six hours of a healthy pipeline in the series the budget
+    alerts average (labels as the recording rules write them), every `step` seconds (the
+    evaluation interval: avg_over_time weighs samples, not time), up to a minute ago. A
+    Prometheus in service has this history; without it the first minutes of any fault would be
+    a large share of every budget window and the SLO alerts would page along with the
+    symptoms (tests/test_alert_path.py does the same)."""
+    stems = 'job="pipemon",source="stems"'
+    families = {
+        "source:pipemon_pipeline_available:bool": [(stems, 1)],
+        "source_bucket:pipemon_storage_probe_success:max": [
+            (f'bucket="{BUCKET}",job="pipemon",source="r2"', 1)],
+        "source_queue:pipemon_queue_jobs_completed:rate5m": [
+            (f'{stems},queue="{q}"', TRACKS_PER_SECOND) for q in (STEMS, ANALYSIS)],
+        "source_queue:pipemon_queue_jobs_failed:rate5m": [
+            (f'{stems},queue="{q}"', 0) for q in (STEMS, ANALYSIS)],
+    }
+    end = int(now) - 60
+    lines = []
+    for name, series in families.items():
+        lines.append(f"# TYPE {name} gauge")
+        for labels, value in series:
+            lines += [f"{name}{{{labels}}} {value} {t}"
+                      for t in range(end - HISTORY, end, step)]
+    return "\n".join([*lines, "# EOF", ""])
+
+
+class Stack:
+    def __init__(self, say=print):
+        self.say = say
+        self.root = Path(tempfile.mkdtemp(prefix="pipemon-demo-"))
+        self._cleanups = contextlib.ExitStack()
+        self._cleanups.callback(shutil.rmtree, self.root, ignore_errors=True)
+        self.http: HttpSink | None = None
+        self.smtp: SmtpSink | None = None
+        self.pg: PgCluster | None = None
+        self.dsn = ""
+        self.moto: Moto | None = None
+        self.pipeline: Pipeline | None = None
+        self.alertmanager: DemoAlertmanager | None = None
+        self.exporter: DemoExporter | None = None
+        self.prometheus: DemoPrometheus | None = None
+
+    def _step(self, what: str) -> float:
+        self.say(f"  {what}")
+        return time.monotonic()
+
+    def start(self) -> None:
+        self._step("local Slack / PagerDuty / SMTP sinks")
+        self.http = HttpSink().start()
+        self._cleanups.callback(self.http.stop)
+        self.smtp = SmtpSink().start()
+        self._cleanups.callback(self.smtp.stop)
+
+        self._step("PostgreSQL (throwaway cluster) with examples/schema.sql and "
+                   "examples/integrity_schema.sql")
+        self.pg = PgCluster(free_port())
+        self._cleanups.callback(self.pg.destroy)
+        self.pg.init().start()
+        with psycopg.connect(self.pg.dsn(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {DBNAME}")
+        self.dsn = self.pg.dsn(DBNAME)
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute((EXAMPLES / "schema.sql").read_text())
+            conn.execute((EXAMPLES / "integrity_schema.sql").read_text())
+
+        self._step(f"S3 endpoint (moto's server) with bucket {BUCKET!r}")
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+        self.moto = Moto()
+        self._cleanups.callback(self.moto.stop)
+        self.moto.start()
+        s3 = s3_client(self.moto.url)
+        try:
+            s3.create_bucket(Bucket=BUCKET,
+                             CreateBucketConfiguration={"LocationConstraint": "auto"})
+        finally:
+            s3.close()
+
+        self._step("the pipeline simulator (uploads, stem separation, analysis)")
+        self.pipeline = Pipeline(self.dsn, self.moto.url, BUCKET)
+        self._cleanups.callback(self.pipeline.stop)
+        self.pipeline.seed()
+        self.pipeline.start()
+
+        self._step("Alertmanager with pipemon's routing, receivers pointed at the sinks")
+        config = site_config(self.root / "alertmanager-config", self.http, self.smtp,
+                             extra_values=AM_TIMING)
+        self.alertmanager = DemoAlertmanager(self.root / "alertmanager", config)
+        self.alertmanager.external_url = self.alertmanager.url
+        self._cleanups.callback(self.alertmanager.stop)
+        self.alertmanager.start()
+
+        self._step("pipemon exporter with examples/pipemon.yaml + storage.yaml + checks.yaml")
+        os.environ.update({
+            "PIPEMON_POSTGRES_DSN": self.dsn,
+            "PIPEMON_S3_ENDPOINT_URL": self.moto.url,
+            "PIPEMON_S3_BUCKET": BUCKET,
+            "R2_ACCESS_KEY_ID": "demo",
+            "R2_SECRET_ACCESS_KEY": "demo",
+        })
+        defaults, sources = exporter_config()
+        self.exporter = DemoExporter(self.root / "exporter", sources, defaults=defaults)
+        self._cleanups.callback(self.exporter.stop)
+        self.pipeline.count_from_now()
+        self.exporter.start()
+
+        self._step("Prometheus with rules/*.yaml (and six hours of healthy history)")
+        self.prometheus = DemoPrometheus(
+            self.root / "prometheus", [self.exporter.target], RULES, interval=INTERVAL,
+            alertmanagers=[f"127.0.0.1:{self.alertmanager.port}"])
+        self.prometheus.backfill(healthy_history(time.time()))
+        self._cleanups.callback(self.prometheus.stop)
+        self.prometheus.start()
+
+    def wait_healthy(self, timeout: float = 180) -> None:
+        """Until Prometheus sees the healthy pipeline: every source up and evaluated, the
+        failed-jobs counters present (a counter that appears mid-window shows no increase),
+        and the backfilled history loaded."""
+        prom = self.prometheus
+        checks = [
+            "min(source_kind:pipemon_source_up:max) == 1",
+            "source_bucket:pipemon_storage_probe_success:max == 1",
+            f'source_queue:pipemon_queue_stalled:bool{{queue="{STEMS}"}} == 0',
+            'source_check:pipemon_check_value:max{check="playlist_entries_missing_track"} == 0',
+            f'pipemon_queue_jobs_finished_total{{queue="{ANALYSIS}",outcome="failed"}}',
+            f'source_queue:pipemon_queue_jobs_completed:rate5m{{queue="{ANALYSIS}"}} > 0',
+            "count_over_time(source:pipemon_pipeline_available:bool[6h]) > 1000",
+        ]
+        wait_until(lambda: all(prom.query(expr) for expr in checks), timeout,
+                   "Prometheus to see the healthy pipeline: " + "; ".join(checks), interval=1)
+
+    def logs(self) -> str:
+        """The tail of each process's log (for a failed run)."""
+        out = []
+        for proc in (self.exporter, self.prometheus, self.alertmanager):
+            if proc is not None:
+                out.append(f"--- {proc.name} log (last lines):\n"
+                           + "\n".join(proc.log().splitlines()[-25:]))
+        return "\n".join(out)
+
+    def close(self) -> None:
+        self._cleanups.close()
