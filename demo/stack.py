@@ -36,7 +36,7 @@ from demo.simulator import ANALYSIS, STEMS, TRACKS_PER_SECOND, Pipeline, s3_clie
 from tests.helpers import free_port, wait_until
 from tests.pgcluster import PgCluster
 from tests.s3proxy import Moto
-from tests.services import ROOT, Alertmanager, Exporter, Prometheus
+from tests.services import ROOT, Alertmanager, Exporter, Prometheus, healthy_slo_history
 from tests.sinks import HttpSink, SmtpSink, site_config
 
 EXAMPLES = ROOT / "examples"
@@ -113,30 +113,9 @@ def exporter_config() -> tuple[dict, list[dict]]:
 
 
 def healthy_history(now: float, step: int = 5) -> str:
-    """OpenMetrics for the backfill: six hours of a healthy pipeline in the series the budget
-    alerts average (labels as the recording rules write them), every `step` seconds (the
-    evaluation interval: avg_over_time weighs samples, not time), up to a minute ago. A
-    Prometheus in service has this history; without it the first minutes of any fault would be
-    a large share of every budget window and the SLO alerts would page along with the
-    symptoms (tests/test_alert_path.py does the same)."""
-    stems = 'job="pipemon",source="stems"'
-    families = {
-        "source:pipemon_pipeline_available:bool": [(stems, 1)],
-        "source_bucket:pipemon_storage_probe_success:max": [
-            (f'bucket="{BUCKET}",job="pipemon",source="r2"', 1)],
-        "source_queue:pipemon_queue_jobs_completed:rate5m": [
-            (f'{stems},queue="{q}"', TRACKS_PER_SECOND) for q in (STEMS, ANALYSIS)],
-        "source_queue:pipemon_queue_jobs_failed:rate5m": [
-            (f'{stems},queue="{q}"', 0) for q in (STEMS, ANALYSIS)],
-    }
-    end = int(now) - 60
-    lines = []
-    for name, series in families.items():
-        lines.append(f"# TYPE {name} gauge")
-        for labels, value in series:
-            lines += [f"{name}{{{labels}}} {value} {t}"
-                      for t in range(end - HISTORY, end, step)]
-    return "\n".join([*lines, "# EOF", ""])
+    """Six hours of a healthy pipeline in the budget alerts' series, every `step` seconds (the
+    evaluation interval: avg_over_time weighs samples, not time)."""
+    return healthy_slo_history(now, HISTORY, step, BUCKET, (STEMS, ANALYSIS), TRACKS_PER_SECOND)
 
 
 class Stack:

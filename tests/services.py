@@ -109,6 +109,32 @@ class Exporter(Process):
         return f"127.0.0.1:{self.port}"
 
 
+def healthy_slo_history(now: float, seconds: int, step: int, bucket: str,
+                        queues: tuple[str, ...], completed_per_second: float) -> str:
+    """OpenMetrics for `Prometheus.backfill`: the SLI series the budget alerts average, all
+    good, for `seconds` up to a minute ago, every `step` seconds (labels as the recording rules
+    write them, for source "stems" and bucket source "r2"). A Prometheus in service has this
+    history; without it the first minutes of any fault are a large share of every budget window
+    and the SLO alerts page along with the symptoms."""
+    stems = 'job="pipemon",source="stems"'
+    families = {
+        "source:pipemon_pipeline_available:bool": [(stems, 1)],
+        "source_bucket:pipemon_storage_probe_success:max": [
+            (f'bucket="{bucket}",job="pipemon",source="r2"', 1)],
+        "source_queue:pipemon_queue_jobs_completed:rate5m": [
+            (f'{stems},queue="{q}"', completed_per_second) for q in queues],
+        "source_queue:pipemon_queue_jobs_failed:rate5m": [
+            (f'{stems},queue="{q}"', 0) for q in queues],
+    }
+    end = int(now) - 60
+    lines = []
+    for name, series in families.items():
+        lines.append(f"# TYPE {name} gauge")
+        for labels, value in series:
+            lines += [f"{name}{{{labels}}} {value} {t}" for t in range(end - seconds, end, step)]
+    return "\n".join([*lines, "# EOF", ""])
+
+
 class Prometheus(Process):
     """Prometheus scraping `targets` as job "pipemon", evaluating `rule_files`."""
 

@@ -35,7 +35,7 @@ import pytest
 
 from tests.helpers import queue_source, stays, wait_until
 from tests.s3proxy import Moto
-from tests.services import ROOT, Alertmanager, Exporter, Prometheus
+from tests.services import ROOT, Alertmanager, Exporter, Prometheus, healthy_slo_history
 from tests.sinks import HEARTBEAT_TOKEN, notifications, site_config
 from tests.test_storage import s3_client
 
@@ -58,25 +58,7 @@ BUDGET_BURN = "CRITICAL PipemonStorageAvailabilityBudgetBurn - bucket=media sour
 
 
 def healthy_history(now: float) -> str:
-    """OpenMetrics for the backfill: the SLI series of the budget alerts, all good, for
-    HISTORY seconds up to a minute ago (labels as the recording rules write them)."""
-    stems = 'job="pipemon",source="stems"'
-    families = {
-        "source:pipemon_pipeline_available:bool": [(stems, 1)],
-        "source_bucket:pipemon_storage_probe_success:max": [
-            (f'bucket="{BUCKET}",job="pipemon",source="r2"', 1)],
-        "source_queue:pipemon_queue_jobs_completed:rate5m": [
-            (f'{stems},queue="{q}"', 0.2) for q in ("mix", "separate")],
-        "source_queue:pipemon_queue_jobs_failed:rate5m": [
-            (f'{stems},queue="{q}"', 0) for q in ("mix", "separate")],
-    }
-    end = int(now) - 60
-    lines = []
-    for name, series in families.items():
-        lines.append(f"# TYPE {name} gauge")
-        for labels, value in series:
-            lines += [f"{name}{{{labels}}} {value} {t}" for t in range(end - HISTORY, end, 15)]
-    return "\n".join([*lines, "# EOF", ""])
+    return healthy_slo_history(now, HISTORY, 15, BUCKET, ("mix", "separate"), 0.2)
 
 
 @pytest.fixture
