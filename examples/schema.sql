@@ -1,5 +1,5 @@
 -- Example pipeline schema: a generic job table and the analysis results table.
--- pipemon only reads these; the indexes below are what its queries need (see docs/indexes.md).
+-- pipemon only reads these; the indexes below are what its queries need (see docs/exporter.md, "The indexes a job table needs").
 CREATE TABLE IF NOT EXISTS jobs (
     id          bigserial PRIMARY KEY,
     queue       text        NOT NULL,
