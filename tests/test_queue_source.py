@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from tests.helpers import queue_source, sample
 
@@ -202,6 +203,63 @@ def test_unmapped_states_and_queue_cap(make_app, pg_dsn, db):
     assert sample(app, "pipemon_source_folded_label_values", source="stems",
                   label="queue") == 2
     assert sample(app, "pipemon_queue_unmapped_jobs", source="stems", raw_state="paused") == 2
+
+
+def _plan_rows(node: dict) -> int:
+    """Rows read by every scan in an EXPLAIN (ANALYZE, FORMAT JSON) plan, loops included."""
+    own = node["Actual Rows"] * node["Actual Loops"] if "Scan" in node["Node Type"] else 0
+    return own + sum(_plan_rows(child) for child in node.get("Plans", []))
+
+
+@pytest.mark.parametrize("indexed", [True, False])
+def test_unmapped_check_reads_an_index_when_there_is_one(make_app, pg_dsn, db, caplog, indexed):
+    db.execute("CREATE TABLE big_jobs (id bigserial PRIMARY KEY, queue text, status text,"
+               " created_at timestamptz DEFAULT now(), finished_at timestamptz)")
+    db.execute("INSERT INTO big_jobs (queue, status, finished_at)"
+               " SELECT 'stems', 'succeeded', now() FROM generate_series(1, 50000)")
+    db.execute("INSERT INTO big_jobs (queue, status) VALUES ('stems', 'paused'),"
+               " ('stems', 'paused'), ('stems', 'paused'), ('stems', NULL), ('stems', NULL),"
+               " ('stems', 'waiting'), ('elsewhere', 'on-hold')")
+    if indexed:
+        db.execute("CREATE INDEX ON big_jobs (status, queue)")
+    db.execute("ANALYZE big_jobs")
+    source = queue_source(pg_dsn, table="big_jobs", queues=["stems"], columns={
+        "id": "id", "queue": "queue", "state": "status", "created_at": "created_at",
+        "finished_at": "finished_at"})
+    app = make_app([source])
+    assert app.poll_all_once()
+    unmapped = {s.labels["raw_state"]: s.value for family in app.registry.collect()
+                for s in family.samples if s.name == "pipemon_queue_unmapped_jobs"}
+    assert unmapped == {"paused": 3, "(null)": 2}, "on-hold is outside the configured queues"
+    warned = any("reads the whole table" in r.getMessage() for r in caplog.records)
+    assert warned != indexed
+
+    if indexed:
+        query = app.runners[0].source.schema.unmapped_by_index_sql()
+        plan = db.execute(sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + query).fetchone()[0]
+        assert _plan_rows(plan[0]["Plan"]) < 100, plan
+
+
+def test_enum_state_column(make_app, pg_dsn, db):
+    db.execute("CREATE TYPE job_state AS ENUM ('new', 'due_later', 'busy', 'done', 'held')")
+    db.execute("CREATE TABLE enum_jobs (id serial PRIMARY KEY, status job_state NOT NULL,"
+               " created_at timestamptz DEFAULT now(), run_at timestamptz DEFAULT now(),"
+               " started_at timestamptz, finished_at timestamptz)")
+    db.execute("CREATE INDEX ON enum_jobs (status)")
+    db.execute("INSERT INTO enum_jobs (status, run_at, started_at) VALUES"
+               " ('new', now(), NULL), ('new', now() + interval '1 hour', NULL),"
+               " ('due_later', now() + interval '1 hour', NULL),"
+               " ('busy', now(), now() - interval '2 hours'), ('held', now(), NULL)")
+    source = queue_source(pg_dsn, table="enum_jobs", default_queue="all", columns={
+        "id": "id", "state": "status", "created_at": "created_at", "available_at": "run_at",
+        "started_at": "started_at", "finished_at": "finished_at"},
+        states={"new": "waiting", "due_later": "scheduled", "busy": "running",
+                "done": "succeeded"})
+    app = make_app([source])
+    assert app.poll_all_once()
+    assert [jobs(app, "all", state) for state in ("waiting", "scheduled", "running")] == [1, 2, 1]
+    assert sample(app, "pipemon_queue_stuck_jobs", source="stems", queue="all") == 1
+    assert sample(app, "pipemon_queue_unmapped_jobs", source="stems", raw_state="held") == 1
 
 
 def test_queue_filter_and_default_queue(make_app, pg_dsn, db):

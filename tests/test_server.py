@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -23,8 +24,8 @@ from tests.helpers import free_port, queue_source, wait_until, write_config
 PASSWORD = "pl4nted-Pa55word-e2e"
 
 
-def call(app, path: str, accept: str | None = None) -> tuple[str, dict, str]:
-    environ = {"PATH_INFO": path}
+def call_bytes(app, path: str, accept: str | None = None, **environ) -> tuple[str, dict, bytes]:
+    environ["PATH_INFO"], _, environ["QUERY_STRING"] = path.partition("?")
     if accept:
         environ["HTTP_ACCEPT"] = accept
     setup_testing_defaults(environ)
@@ -35,7 +36,12 @@ def call(app, path: str, accept: str | None = None) -> tuple[str, dict, str]:
         captured["status"], captured["headers"] = status, dict(headers)
 
     body = b"".join(make_wsgi(app)(environ, start_response))
-    return captured["status"], captured["headers"], body.decode()
+    return captured["status"], captured["headers"], body
+
+
+def call(app, path: str, accept: str | None = None) -> tuple[str, dict, str]:
+    status, headers, body = call_bytes(app, path, accept)
+    return status, headers, body.decode()
 
 
 def with_password(dsn: str) -> str:
@@ -84,6 +90,32 @@ def test_metrics_negotiates_openmetrics(make_app, pg_dsn):
     assert text.endswith("# EOF\n")
 
 
+@pytest.mark.postgres
+def test_metrics_follow_each_poll_gzip_head_and_name_filter(make_app, pg_dsn):
+    app = make_app([queue_source(pg_dsn)])
+    add_waiting_job = "INSERT INTO jobs (queue, status) VALUES ('stems', 'waiting')"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(add_waiting_job)
+        app.poll_all_once()
+        waiting = 'pipemon_queue_jobs{queue="stems",source="stems",state="waiting"} '
+        assert f"{waiting}1.0" in call(app, "/metrics")[2].splitlines()
+        conn.execute(add_waiting_job)
+    assert f"{waiting}1.0" in call(app, "/metrics")[2].splitlines(), "no poll yet: same numbers"
+    app.poll_all_once()
+    after = f"{waiting}2.0"
+    assert after in call(app, "/metrics")[2].splitlines(), "the poll's numbers, at once"
+
+    status, headers, body = call_bytes(app, "/metrics", HTTP_ACCEPT_ENCODING="gzip")
+    assert headers["Content-Encoding"] == "gzip" and int(headers["Content-Length"]) == len(body)
+    assert after in gzip.decompress(body).decode().splitlines()
+    status, headers, body = call_bytes(app, "/metrics", REQUEST_METHOD="HEAD")
+    assert status.startswith("200") and body == b"" and int(headers["Content-Length"]) > 0
+    _, _, text = call(app, "/metrics?name[]=pipemon_source_up")
+    assert text.splitlines() == [
+        "# HELP pipemon_source_up 1 if the last poll of the source succeeded, 0 if it failed.",
+        "# TYPE pipemon_source_up gauge", 'pipemon_source_up{kind="queue",source="stems"} 1.0']
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("127.0.0.1:9864", ("127.0.0.1", 9864)), ("[::1]:80", ("::1", 80)),
     (":9864", ("0.0.0.0", 9864)),
@@ -112,10 +144,11 @@ def promtool():
 @pytest.mark.e2e
 def test_serve_end_to_end(tmp_path, pg_dsn, db, promtool):
     db.execute("INSERT INTO jobs (queue, status) VALUES ('stems', 'waiting'), ('stems', 'running')")
-    db.execute("CREATE VIEW slow_jobs AS SELECT j.* FROM jobs j, pg_sleep(2) AS s")
+    # Longer than the slow source's timeout: its every poll fails with reason "timeout".
+    db.execute("CREATE VIEW slow_jobs AS SELECT j.* FROM jobs j, pg_sleep(5) AS s")
     config = write_config(tmp_path / "pipemon.yaml", [
         queue_source(with_password(pg_dsn), interval="1s", timeout="1s"),
-        # A source whose every poll takes until its deadline: SIGTERM arrives mid-poll.
+        # A source whose every poll runs into its deadline: SIGTERM arrives mid-poll.
         queue_source(with_password(pg_dsn), name="slow", table="slow_jobs", interval="4s",
                      timeout="4s"),
         {"name": "analysis", "kind": "analysis", "dsn": with_password(pg_dsn),
@@ -147,8 +180,9 @@ def test_serve_end_to_end(tmp_path, pg_dsn, db, promtool):
         outputs = {path: get(f"{base}{path}")[1] for path in ("/", "/health", "/metrics")}
         wait_until(lambda: db.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pipemon'"
-            " AND datname = current_database() AND state = 'active'").fetchone()[0] > 0,
-            10, "a poll in progress")
+            " AND datname = current_database() AND state = 'active'"
+            " AND query LIKE '%slow_jobs%'").fetchone()[0] > 0,
+            10, "the slow source's poll in progress")
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -13,6 +13,7 @@ from prometheus_client.core import Metric
 
 from pipemon import metrics as m
 from pipemon.config import Config
+from pipemon.exposition import Exposition
 from pipemon.scheduler import Scheduler, SourceRunner
 from pipemon.sources import build
 
@@ -50,13 +51,17 @@ class App:
     def __init__(self, config: Config, registry: CollectorRegistry | None = None):
         self.config = config
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.exposition = Exposition(self.registry)
         secrets = config.secrets()
-        self.runners = [SourceRunner(build(source), secrets) for source in config.sources]
+        self.runners = [self._runner(source, secrets) for source in config.sources]
         self.scheduler = Scheduler()
         self._started = False
         self.last_reload_ok = True
         self.last_reload_success = time.time()
         self.registry.register(PipemonCollector(self))
+
+    def _runner(self, source, secrets: list[str]) -> SourceRunner:
+        return SourceRunner(build(source), secrets, on_poll=self.exposition.invalidate)
 
     def start(self) -> None:
         self._started = True
@@ -72,7 +77,7 @@ class App:
         for source in config.sources:
             kept = current.get(source.name)
             same = kept is not None and kept.source.config == source
-            runners.append(kept if same else SourceRunner(build(source), secrets))
+            runners.append(kept if same else self._runner(source, secrets))
         gone = [runner for runner in self.runners if runner not in runners]
         fresh = [runner for runner in runners if runner not in self.runners]
         self.scheduler.remove(gone, timeout)
@@ -84,9 +89,11 @@ class App:
 
     def reload_succeeded(self) -> None:
         self.last_reload_ok, self.last_reload_success = True, time.time()
+        self.exposition.invalidate()
 
     def reload_failed(self) -> None:
         self.last_reload_ok = False
+        self.exposition.invalidate()
 
     def stop(self, timeout: float = 4.0) -> None:
         self.scheduler.stop(timeout)

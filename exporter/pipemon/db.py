@@ -122,6 +122,11 @@ class PgSession:
                 "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
                 (str(max(1000, int(self._timeout * 4000))),),
             )
+            # pipemon's queries run in milliseconds, but a large table's row estimates can
+            # push their cost past jit_above_cost: compiling then took 170 ms of a 3 ms query
+            # (bench/README.md). PostgreSQL < 11 has no JIT, and no such setting.
+            if conn.info.server_version >= 110000:
+                cur.execute("SELECT set_config('jit', 'off', false)")
         conn.commit()
         return conn
 

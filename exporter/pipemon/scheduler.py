@@ -10,6 +10,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +33,10 @@ class LastError:
 class SourceRunner:
     """Polls one source and records how that went, for /metrics, /health and the landing page."""
 
-    def __init__(self, source: Source, secrets: list[str], clock=time.time):
+    def __init__(self, source: Source, secrets: list[str], clock=time.time,
+                 on_poll: Callable[[], None] | None = None):
         self.source = source
+        self._on_poll = on_poll  # told after every poll: /metrics must be rendered again
         self._secrets = secrets
         self._clock = clock
         self._lock = threading.Lock()
@@ -88,6 +91,8 @@ class SourceRunner:
                 self._errors.inc((error.reason,))
                 log.warning("source %s: poll failed (%s): %s", self.name, error.reason,
                             error.message, extra={"source": self.name, "reason": error.reason})
+        if self._on_poll is not None:
+            self._on_poll()
         return error is None
 
     def collect(self, families: m.Families) -> None:

@@ -1,4 +1,4 @@
-"""HTTP: /metrics (prometheus_client's WSGI app), /healthz, /readyz, /health (JSON) and /.
+"""HTTP: /metrics (bodies from exposition.py), /healthz, /readyz, /health (JSON) and /.
 
 /healthz says whether the process and its poll loops are alive, never whether a database is up,
 or Kubernetes would restart pipemon every time the database blinks. /readyz and /health carry
@@ -16,6 +16,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from socketserver import ThreadingMixIn
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
@@ -139,7 +140,19 @@ def make_app(app: App, web: WebConfig | None = None):
 
 
 def _endpoints(app: App):
-    metrics_app = make_wsgi_app(app.registry)
+    # `?name[]=` asks for a subset: rare (debugging), so rendered per request, uncached.
+    filtered_metrics_app = make_wsgi_app(app.registry)
+
+    def metrics(environ, start_response) -> list[bytes]:
+        if "name[]" in parse_qs(environ.get("QUERY_STRING", "")):
+            return filtered_metrics_app(environ, start_response)
+        content_type, gzipped, body = app.exposition.body(
+            environ.get("HTTP_ACCEPT"), environ.get("HTTP_ACCEPT_ENCODING"))
+        headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+        if gzipped:
+            headers.append(("Content-Encoding", "gzip"))
+        start_response("200 OK", [*headers, ("Vary", "Accept, Accept-Encoding")])
+        return [b"" if environ["REQUEST_METHOD"] == "HEAD" else body]
 
     def respond(start_response, status: str, body: str, content_type: str) -> list[bytes]:
         data = body.encode("utf-8")
@@ -153,7 +166,7 @@ def _endpoints(app: App):
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             return respond(start_response, "405 Method Not Allowed", "GET only\n", "text/plain")
         if path == "/metrics":
-            return metrics_app(environ, start_response)
+            return metrics(environ, start_response)
         if path == "/healthz":
             ok = app.scheduler.alive()
             return respond(start_response, "200 OK" if ok else "503 Service Unavailable",

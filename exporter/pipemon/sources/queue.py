@@ -168,14 +168,14 @@ class QueueSource(PgSource):
     def poll(self) -> QueueSnapshot:
         cfg = self.config
         deadline = time.monotonic() + cfg.timeout
-        unmapped_sql = self.schema.unmapped_sql() if self._unmapped_due() else None
+        check_unmapped = self._unmapped_due()
         with self.session.transaction(deadline) as cur:
             db_now = cur.rows("SELECT now()")[0][0]
             version = self.schema.detect(cur)
             active = cur.rows(self.schema.active_sql(), {"stuck": cfg.stuck_after})
             finished = self.finished_reader.read(cur, db_now) if self.finished_reader else []
             started = self.started_reader.read(cur, db_now) if self.started_reader else []
-            unmapped = cur.rows(unmapped_sql) if unmapped_sql is not None else None
+            unmapped = self.schema.unmapped(cur) if check_unmapped else None
         if version != self.schema_version:
             log.info("%s: %s schema version %s", self.name, self.schema.name, version)
             self.schema_version = version

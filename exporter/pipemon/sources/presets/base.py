@@ -48,8 +48,9 @@ class QueueSchema:
     def started_sql(self, with_after: bool) -> sql.Composable:
         raise NotImplementedError
 
-    def unmapped_sql(self) -> sql.Composable | None:
-        """A count of jobs in states the preset does not know, or None when it cannot happen."""
+    def unmapped(self, cur: Cursor) -> list[tuple[str, int]] | None:
+        """(raw state, jobs) for jobs in states the preset does not know; None when that
+        cannot happen."""
         return None
 
     def id_floor_sql(self) -> sql.Composable | None:
