@@ -11,7 +11,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts    integer     NOT NULL DEFAULT 0,
     payload     jsonb
 );
--- gauges: jobs in active states, grouped by queue and state
+-- gauges (jobs in active states, by queue and state) and the unmapped-state check
 CREATE INDEX IF NOT EXISTS jobs_status_queue_idx ON jobs (status, queue);
 -- incremental reads of finished and started jobs
 CREATE INDEX IF NOT EXISTS jobs_finished_at_idx ON jobs (finished_at, id);
