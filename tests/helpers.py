@@ -20,6 +20,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class GaveUp(AssertionError):
+    """Raised by a check when what it waits for can no longer happen (a process exited)."""
+
+
 def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05):
     """Poll `check` until it returns something truthy; fail saying what it returned last."""
     deadline = time.monotonic() + timeout
@@ -27,6 +31,8 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
     while time.monotonic() < deadline:
         try:
             last = check()
+        except GaveUp:
+            raise
         except Exception as exc:  # the thing waited for may not answer yet
             last = exc
         else:

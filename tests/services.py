@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.helpers import free_port, wait_until
+from tests.helpers import GaveUp, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,15 +62,15 @@ class Process:
     def _wait_ready(self, path: str, timeout: float = 30) -> None:
         def ready():
             if self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n"
-                                     f"{self.log()}")
+                raise GaveUp(f"{self.name} exited with {self.proc.returncode}")
             return http_get(self.url + path, timeout=2)[0] == 200
 
         try:
             wait_until(ready, timeout, f"{self.name} to answer 200 on {path}")
-        except AssertionError:
+        except AssertionError as exc:
             self.stop()
-            raise AssertionError(f"{self.name} did not become ready:\n{self.log()}") from None
+            raise AssertionError(f"{self.name} did not become ready ({exc}):\n"
+                                 f"{self.log()}") from None
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""

@@ -20,6 +20,7 @@ import pytest
 from pipemon.server import make_app as make_wsgi
 from pipemon.server import parse_listen_address
 from tests.helpers import free_port, queue_source, wait_until, write_config
+from tests.services import Exporter
 
 PASSWORD = "pl4nted-Pa55word-e2e"
 
@@ -222,3 +223,14 @@ def test_once_prints_metrics_and_exit_code(tmp_path, pg_dsn, promtool):
     assert 'pipemon_source_up{kind="queue",source="stems"} 0.0' in result.stdout
     assert 'relation "jobs" does not exist' in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_service_that_exits_at_start_fails_its_test_with_the_exit_code(tmp_path):
+    # The harness must not wait out its 30 s deadline for a process that is already gone, and
+    # must say why: pipemon exits 2 on a config it rejects, naming the key.
+    exporter = Exporter(tmp_path, [{"name": "stems", "kind": "no-such-kind"}])
+    with pytest.raises(AssertionError) as failure:
+        exporter.start()
+    message = str(failure.value)
+    assert "pipemon exited with 2" in message, message
+    assert "pipemon.yaml: sources[0].kind: expected one of" in message, message
