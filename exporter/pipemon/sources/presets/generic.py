@@ -114,17 +114,16 @@ class GenericSchema(QueueSchema):
 
     def _state_indexed(self, cur: Cursor) -> bool:
         """A plain btree index leads with the state column, so distinct states are cheap."""
-        table = self.config.table.strip()
-        if table.startswith("("):
-            return False
-        quoted = ".".join('"' + part.replace('"', '""') + '"' for part in table.split("."))
+        rel = self.parts["rel"]
+        if not isinstance(rel, sql.Identifier):
+            return False  # a subquery: no index of its own
         return cur.rows(
             "SELECT EXISTS (SELECT 1 FROM pg_index i"
             " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
             " JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam"
             " WHERE i.indrelid = to_regclass(%(table)s) AND a.attname = %(column)s"
             " AND am.amname = 'btree' AND i.indpred IS NULL AND i.indisvalid)",
-            {"table": quoted, "column": self.config.columns.state})[0][0]
+            {"table": rel.as_string(), "column": self.config.columns.state})[0][0]
 
     def unmapped_by_index_sql(self) -> sql.Composable:
         # A loose index scan: one index probe per distinct state (a handful), then a count of
