@@ -15,7 +15,8 @@ export PIPEMON_POSTGRES_DSN
 PROMTOOL ?= promtool
 
 .PHONY: install lint test test-fast run example-db bench rules-check rules-test bundle \
-        dashboards dashboards-check am-render am-check demo helm-lint image clean
+        backtest backtest-docs backtest-sweep dashboards dashboards-check am-render am-check \
+        demo helm-lint image clean
 
 install: $(BIN)/pipemon $(NODE_FIXTURES)
 
@@ -57,6 +58,21 @@ rules-test:
 
 bundle: $(BIN)/pipemon
 	$(BIN)/python tools/make_bundle.py
+
+# The rules judged on simulated traffic (docs/backtest.md; also run by `make test`).
+backtest: $(BIN)/pipemon
+	$(BIN)/pipemon backtest
+
+# The false-alarm and detection tables of docs/alerts.md, from the scenario library.
+backtest-docs: $(BIN)/pipemon
+	$(BIN)/pipemon backtest --markdown docs/alerts.md
+
+# How the statistical detections spread over random traffic (docs/alerts.md, "Detection time
+# across seeds"); about 10 minutes on two CPUs.
+SWEEP_SEEDS ?= 24
+backtest-sweep: $(BIN)/pipemon
+	$(BIN)/pipemon backtest --seeds $(SWEEP_SEEDS) fault-partial-failure-30 \
+		fault-partial-failure-20 noise-failure-burst fault-stall-workers-hung
 
 # Alertmanager config rendered from alertmanager/values.yaml (docs/alertmanager.md).
 am-render: $(BIN)/pipemon

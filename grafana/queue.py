@@ -43,8 +43,8 @@ def build() -> dict:
                "short", [query(f"sum(source_queue:pipemon_queue_jobs_waiting:max{{{SQ}}})")],
                thresholds=above(backlog, count=True),
                links=[runbook("PipemonQueueBacklogHigh"), overview]), 3, 4)
-    g.add(stat("Running jobs", "Jobs running now. Zero while jobs wait means no worker takes "
-               "them (PipemonQueueStalled).", "short",
+    g.add(stat("Running jobs", "Jobs marked running now. Hung workers keep their jobs marked "
+               "running: PipemonQueueStalled watches completions, not this.", "short",
                [query(f'sum(source_queue_state:pipemon_queue_jobs:max{{{SQ}, state="running"}})')],
                links=[runbook("PipemonQueueStalled")]), 3, 4)
     g.add(stat("Oldest waiting job", "Age of the oldest job ready to run (database clock). "
@@ -63,16 +63,17 @@ def build() -> dict:
                [query(f"sum(source_queue:pipemon_queue_jobs_finished:rate5m{{{SQ}}}) * 60")]),
           3, 4)
     g.add(stat("Failure ratio (5m)", "failed / (succeeded + failed) over 5m. "
-               f"PipemonQueueFailureRatioHigh: warning above {failure[0]:.0%}, critical above "
-               f"{failure[1]:.0%} (with at least "
-               f"{threshold('queue_failure_ratio_min_jobs'):g} completed jobs in 5m).",
+               f"PipemonQueueFailureRatioHigh: critical above {failure[1]:.0%} over 3m, warning "
+               f"above {failure[0]:.0%} over 15m, each with at least "
+               f"{threshold('queue_failure_ratio_min_failed'):g} failed jobs in its window.",
                "percentunit",
                [query(f"sum(source_queue:pipemon_queue_jobs_failed:rate5m{{{SQ}}})"
                       f" / sum(source_queue:pipemon_queue_jobs_completed:rate5m{{{SQ}}})")],
                thresholds=above(*failure), links=[runbook("PipemonQueueFailureRatioHigh")]),
           3, 4)
     g.add(stat("p95 run time (10m)", "95th percentile of the run time over 10m, the worst of "
-               f"the selected queues. PipemonQueueRunTimeHigh fires above {run_p95:g}s.", "s",
+               f"the selected queues. PipemonQueueRunTimeHigh fires above {run_p95:g}s when "
+               f"that is also {regression:g} times the queue's usual p95.", "s",
                [query("max(source_queue:pipemon_queue_job_run_seconds:quantile_rate10m"
                       f'{{{SQ}, quantile="0.95"}})')],
                thresholds=above(run_p95), links=[runbook("PipemonQueueRunTimeHigh")]), 3, 4)
@@ -112,6 +113,17 @@ def build() -> dict:
                             "{{source}}/{{queue}}")],
                      thresholds=above(threshold("queue_stuck_jobs"), count=True),
                      links=[runbook("PipemonQueueJobsStuck")]), 8, 8)
+    g.add(timeseries("Time without a completion", "Seconds since a job of the queue last "
+                     "completed (succeeded or failed), and the stall threshold: the queue's "
+                     "normal gap between completions times "
+                     f"{threshold('queue_stall_gaps'):g}, at least "
+                     f"{threshold('queue_stall_min_seconds'):g}s. PipemonQueueStalled fires when "
+                     "the first passes the second while jobs wait.", "s",
+                     [query(f"source_queue:pipemon_queue_without_completion:seconds{{{SQ}}}",
+                            "{{queue}} without a completion"),
+                      query(f"source_queue:pipemon_queue_stall_after_seconds:gaps{{{SQ}}}",
+                            "{{queue}} stall threshold")],
+                     links=[runbook("PipemonQueueStalled")]), 24, 7)
 
     g.row("Wait and run times")
     g.add(heatmap("Wait time distribution", "How long jobs waited between ready and started "

@@ -17,7 +17,8 @@ alerts average), as a Prometheus in service has; without it, the first minutes o
 a large share of the budget windows and the budget alerts would page along with the symptoms.
 
 Three faults are injected side by side, each healed as soon as it has paged:
-  queue stall         the worker of queue "separate" finishes and none takes the waiting jobs
+  queue stall         the worker of queue "separate" finishes its job and none takes the waiting
+                      jobs; healed by a worker that takes them and completes them
   failure burst       30 jobs of queue "mix" fail at once (the warning is inhibited by the
                       critical); healed by 1000 jobs that succeed
   S3 endpoint stopped the bucket's endpoint refuses connections; healed by starting it again
@@ -148,8 +149,10 @@ def test_faults_page_once_and_resolve(tmp_path, pg_dsn, db, sinks, s3_endpoint, 
     moto.stop()
 
     def heal_stall():
-        db.execute("UPDATE jobs SET status = 'running', started_at = now() WHERE id ="
-                   " (SELECT min(id) FROM jobs WHERE queue = 'separate' AND status = 'waiting')")
+        # A queue is stalled until jobs complete again: a worker that only takes a job is not
+        # enough (hung workers take jobs too).
+        db.execute("UPDATE jobs SET status = 'succeeded', started_at = now(), finished_at = now()"
+                   " WHERE queue = 'separate' AND status = 'waiting'")
 
     def heal_burst():
         db.execute("INSERT INTO jobs (queue, status, created_at, run_at, started_at, finished_at)"

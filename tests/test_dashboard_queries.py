@@ -16,9 +16,9 @@ fresh Prometheus and are proven as follows, never skipped:
   create-blocks-from openmetrics`) with the recorded series the comparison reads, as they were
   a week ago; the query itself is then run unchanged. The same query with the offset removed must
   return data from the live pipeline too, so the backfill cannot hide a wrong selector.
-* `ALERTS{alertstate="firing"}`: the workload makes real alerts fire (a stalled queue, a stuck
-  job, a failure ratio above the threshold, an orphaned audio post, a failing storage probe: each
-  has `for: 1m`), and the test waits for them before running those queries.
+* `ALERTS{alertstate="firing"}`: the workload makes real alerts fire (a stuck job, a failure
+  ratio above the threshold, an orphaned audio post, a failing storage probe), and the test waits
+  for them before running those queries.
 """
 
 from __future__ import annotations
@@ -334,7 +334,8 @@ def test_every_dashboard_query_returns_data(pg_dsn, services, moto, tmp_path):
     pipeline.start()
     try:
         wait_until(prometheus.targets_up, 30, "Prometheus to scrape the exporter")
-        # Alerts need `for: 1m` of their condition: their queries are proven last.
+        # Alerts need their condition to hold (a `for:`, or a window that fills): their queries
+        # are proven last.
         pending = {where: expr for where, expr in checks if not needs_firing_alerts(expr)}
         firing = {where: expr for where, expr in checks if needs_firing_alerts(expr)}
         assert firing, "the overview lists firing alerts"
@@ -344,7 +345,8 @@ def test_every_dashboard_query_returns_data(pg_dsn, services, moto, tmp_path):
         pipeline.stop()
         s3.close()
     assert pipeline.error is None, f"the workload failed: {pipeline.error!r}"
-    assert pipeline.ticks > 100
+    # The workload moved while the queries were proven (a tick is 0.25 s).
+    assert pipeline.ticks > 20, f"the pipeline moved for {pipeline.ticks} ticks only"
 
 
 def prove(prometheus: Prometheus, group: dict[str, str], timeout: float) -> None:

@@ -5,9 +5,9 @@ offline (no cluster, no helm binary). Every rendered manifest is validated again
 1.30 OpenAPI schemas (kubernetes-validate, strict: unknown fields fail) and the Prometheus
 Operator's resources against models generated from its CRDs (cloudcoil-models-prometheus-operator:
 field types, enums and patterns, plus a check that no field was dropped as unknown). The rules
-that reach the cluster pass `promtool check rules`, and are exactly the files of rules/; the
-dashboards are exactly grafana/dashboards/; the Alertmanager configuration is exactly what
-tools/render_alertmanager.py renders.
+that reach the cluster pass `promtool check rules`, and are exactly the files of rules/ and the
+dashboards exactly grafana/dashboards/, with the links that tools/render_rules.py puts in; the
+Alertmanager configuration is exactly what tools/render_alertmanager.py renders.
 
 No Docker daemon is needed: the Dockerfile is parsed (BuildKit's parser, from the dockerfile
 package) and checked against the chart (user, port, entrypoint, config path, version); it is not
@@ -119,7 +119,13 @@ def load_tool(name: str):
 
 
 render_alertmanager = load_tool("render_alertmanager")
-make_bundle = load_tool("make_bundle")
+render_rules = load_tool("render_rules")
+
+
+def with_links(source: str, links: dict[str, str] | None = None) -> str:
+    """A file of the repository (rules/..., grafana/dashboards/...) with the links of
+    tools/render_rules.py: the defaults of rules/links.yml unless `links` is given."""
+    return render_rules.rewrite((ROOT / source).read_text(), links or render_rules.load_links())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -204,7 +210,8 @@ def test_chart_carries_the_files_it_reads(chart):
     names = {f["name"] for f in chart.files}
     expected = {f"files/rules/{p.name}" for p in (ROOT / "rules").glob("*.yaml")}
     expected |= {f"files/dashboards/{p.name}" for p in (ROOT / "grafana/dashboards").glob("*.json")}
-    expected |= {"files/alertmanager/alertmanager.yml.in", "files/alertmanager/values.yaml"}
+    expected |= {"files/rules/links.yml", "files/alertmanager/alertmanager.yml.in",
+                 "files/alertmanager/values.yaml"}
     expected |= {f"files/alertmanager/templates/{p.name}"
                  for p in (ROOT / "alertmanager/templates").glob("*.tmpl")}
     assert expected <= names, f"missing from the chart: {sorted(expected - names)}"
@@ -316,12 +323,24 @@ def rule_sources(rendered: Rendered) -> dict[str, dict]:
             for d in rendered.of("PrometheusRule")}
 
 
-def test_prometheus_rules_are_the_repository_rules(default):
+def alert_rules(rendered: Rendered) -> list[dict]:
+    return [rule for spec in rule_sources(rendered).values() for group in spec["groups"]
+            for rule in group["rules"] if "alert" in rule]
+
+
+def test_prometheus_rules_are_the_repository_rules(chart, default):
     specs = rule_sources(default)
-    files = {f"rules/{p.name}": p for p in sorted((ROOT / "rules").glob("*.yaml"))}
-    assert sorted(specs) == sorted(files)
-    for source, path in files.items():
-        assert specs[source] == yaml.safe_load(path.read_text()), f"{source} differs"
+    files = [f"rules/{p.name}" for p in sorted((ROOT / "rules").glob("*.yaml"))]
+    assert sorted(specs) == files
+    for source in files:
+        assert specs[source] == yaml.safe_load(with_links(source)), f"{source} differs"
+    # By default the alerts link to the runbooks of the release the chart deploys.
+    version = chart.metadata["appVersion"]
+    for rule in alert_rules(default):
+        annotations = rule["annotations"]
+        assert annotations["runbook_url"] == (
+            f"https://github.com/pipemon/pipemon/blob/v{version}/docs/runbooks/{rule['alert']}.md")
+        assert annotations["dashboard_url"].startswith("http://grafana.example/d/")
 
 
 @pytest.mark.rules  # needs promtool, like tests/test_rules.py (make test-fast leaves it out)
@@ -362,7 +381,7 @@ def test_dashboards_are_the_repository_dashboards(default, full):
         assert cm["metadata"]["namespace"] == NAMESPACE
         (key,) = cm["data"]
         assert key == path.name
-        assert json.loads(cm["data"][key]) == json.loads(path.read_text()), f"{source} differs"
+        assert json.loads(cm["data"][key]) == json.loads(with_links(source)), f"{source} differs"
         size = len(cm["data"][key].encode())
         assert size < CONFIGMAP_LIMIT // 4, f"{source}: {size} bytes, near the 1 MiB limit"
     moved = [d for d in full.of("ConfigMap") if "grafana_dashboard" in d["metadata"]["labels"]]
@@ -370,29 +389,41 @@ def test_dashboards_are_the_repository_dashboards(default, full):
     assert {d["metadata"]["namespace"] for d in moved} == {"monitoring"}
 
 
-def test_links_are_rewritten_as_the_bundle_does(chart):
-    runbooks, grafana = "https://git.corp.example/ops/runbooks/", "https://grafana.corp.example/d/"
-    values = merged(BASE, {"links": {"runbookUrl": runbooks, "grafanaUrl": grafana}})
-    rendered = render(chart, values)
-    defaults = chart.values["links"]
-    assert (defaults["runbookUrl"], defaults["grafanaUrl"]) == (make_bundle.RUNBOOK_BASE,
-                                                                 make_bundle.GRAFANA_BASE)
+RUNBOOKS = "https://git.corp.example/ops/pipemon/-/blob/v{version}/docs/runbooks/"
+GRAFANA = "https://grafana.corp.example/d/"
 
-    def rewrite(text: str) -> str:
-        return text.replace(make_bundle.RUNBOOK_BASE, runbooks).replace(
-            make_bundle.GRAFANA_BASE, grafana)
 
-    specs = rule_sources(rendered)
+@pytest.fixture(scope="module")
+def linked(chart) -> Rendered:
+    return render(chart, merged(BASE, {"links": {"runbookUrl": RUNBOOKS, "grafanaUrl": GRAFANA}}))
+
+
+def test_links_are_rendered_as_render_rules_does(linked):
+    links = render_rules.load_links(sets=[f"runbookUrl={RUNBOOKS}", f"grafanaUrl={GRAFANA}"])
+    specs = rule_sources(linked)
     for source, spec in specs.items():
-        assert spec == yaml.safe_load(rewrite((ROOT / source).read_text())), source
-    text = json.dumps(specs)
-    assert make_bundle.RUNBOOK_BASE not in text and make_bundle.GRAFANA_BASE not in text
-    assert runbooks in text and grafana in text
-    for cm in rendered.of("ConfigMap"):
+        assert spec == yaml.safe_load(with_links(source, links)), source
+    dashboards = 0
+    for cm in linked.of("ConfigMap"):
         source = cm["metadata"].get("annotations", {}).get("pipemon/source", "")
         if source.startswith("grafana/"):
             (body,) = cm["data"].values()
-            assert json.loads(body) == json.loads(rewrite((ROOT / source).read_text())), source
+            assert json.loads(body) == json.loads(with_links(source, links)), source
+            assert render_rules.PREFIXES["runbookUrl"] not in body, source
+            dashboards += 1
+    assert dashboards
+
+
+def test_link_values_reach_every_alert(chart, linked):
+    runbooks = RUNBOOKS.replace("{version}", chart.metadata["appVersion"])
+    alerts = alert_rules(linked)
+    assert alerts
+    for rule in alerts:
+        annotations = rule["annotations"]
+        assert annotations["runbook_url"] == f"{runbooks}{rule['alert']}.md", rule["alert"]
+        assert annotations["dashboard_url"].startswith(GRAFANA), rule["alert"]
+    text = json.dumps(rule_sources(linked))
+    assert not [prefix for prefix in render_rules.PREFIXES.values() if prefix in text]
 
 
 def alertmanager_secret(rendered: Rendered) -> dict[str, str]:
@@ -465,10 +496,11 @@ def test_alertmanager_settings_are_checked(chart, settings, message):
      "webConfig.existingSecret is required while webConfig.enabled is true"),
     ({"serviceMonitor": {"interval": "15 seconds"}}, "at '/serviceMonitor/interval'"),
     ({"links": {"grafanaUrl": "https://grafana.corp.example/d"}}, "at '/links/grafanaUrl'"),
+    ({"links": {"runbookUrl": "git.corp.example/runbooks/"}}, "at '/links/runbookUrl'"),
     ({"log": {"format": "xml"}}, "at '/log/format'"),
     ({"config": {"sources": []}}, "at '/config/sources': minItems"),
 ], ids=["replicas-string", "unknown-key", "no-secret", "secrets-off", "no-web-secret", "interval",
-        "link-slash", "log-format", "no-sources"])
+        "link-slash", "link-scheme", "log-format", "no-sources"])
 def test_wrong_values_fail_clearly(chart, values, message):
     layers = [values] if "secrets" in values else [BASE, values]
     assert message in render_error(chart, merged(*layers))
@@ -640,7 +672,7 @@ def test_job_name_is_written_into_the_rules(chart):
     assert endpoint["relabelings"][0]["replacement"] == "media-pipemon"
     specs = rule_sources(rendered)
     for source, spec in specs.items():
-        expected = yaml.safe_load((ROOT / source).read_text())
+        expected = yaml.safe_load(with_links(source))
         for group in expected["groups"]:
             for rule in group["rules"]:
                 if rule.get("record") == "instance:pipemon_up:selected":

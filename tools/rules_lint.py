@@ -12,6 +12,8 @@ Alert rules
   * annotations summary, description, runbook_url and dashboard_url are present and not empty;
   * runbook_url is RUNBOOK_BASE + <AlertName>.md and docs/runbooks/<AlertName>.md exists;
   * dashboard_url starts with GRAFANA_BASE.
+  (The two bases are the literal prefixes that tools/render_rules.py replaces with the bases of
+  rules/links.yml: the repository's files must keep them.)
 Recording rules
   * the name has the form level:metric:operation.
 The job selector
@@ -43,9 +45,10 @@ import sys
 from pathlib import Path
 
 import yaml
+from render_rules import PREFIXES  # tools/render_rules.py, next to this script
 
-RUNBOOK_BASE = "https://github.com/pipemon/pipemon/blob/main/docs/runbooks/"
-GRAFANA_BASE = "http://grafana.example/d/"
+RUNBOOK_BASE = PREFIXES["runbookUrl"]
+GRAFANA_BASE = PREFIXES["grafanaUrl"]
 SEVERITIES = {"critical", "warning", "info", "none"}
 ANNOTATIONS = ("summary", "description", "runbook_url", "dashboard_url")
 ALWAYS_FIRING = {"Watchdog"}

@@ -12,6 +12,7 @@ from prometheus_client import generate_latest
 
 from pipemon import logs, webconfig
 from pipemon.app import VERSION, App
+from pipemon.backtest.command import backtest
 from pipemon.config import Config, ConfigError, load
 from pipemon.server import HttpServer, parse_listen_address
 
@@ -164,3 +165,6 @@ def once(config_path: str, log_level: str) -> None:
             click.echo(f"source {runner.name}: {runner.last_error.reason}: "
                        f"{runner.last_error.message}", err=True)
     sys.exit(0 if ok else 1)
+
+
+main.add_command(backtest)

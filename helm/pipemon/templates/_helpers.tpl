@@ -51,13 +51,36 @@ app.kubernetes.io/part-of: pipemon
 {{- end }}
 
 {{/*
-A file of files/ (rules/, dashboards/) with its links pointed at links.runbookUrl and
-links.grafanaUrl, as tools/make_bundle.py does. Argument: (dict "root" $ "path" $path).
+The link bases, as JSON {"runbookUrl": ..., "grafanaUrl": ...}: those of rules/links.yml (the one
+place they are set, read through files/rules) with the non-empty values of links.* over them, and
+"{version}" replaced by the chart's appVersion, as tools/render_rules.py does with VERSION.
+*/}}
+{{- define "pipemon.links" -}}
+{{- $defaults := .Files.Get "files/rules/links.yml" | fromYaml }}
+{{- if or (not $defaults) (hasKey $defaults "Error") }}
+{{- fail "files/rules/links.yml: missing or not valid YAML (files/rules is a link to the repository's rules/)" }}
+{{- end }}
+{{- $links := dict }}
+{{- range $key := list "runbookUrl" "grafanaUrl" }}
+{{- $value := index $.Values.links $key | default (index $defaults $key) | toString | replace "{version}" $.Chart.AppVersion }}
+{{- if not (regexMatch `^https?://\S*/$` $value) }}
+{{- fail (printf "links.%s = %q must be an http(s) URL ending with \"/\" (no spaces)" $key $value) }}
+{{- end }}
+{{- $_ := set $links $key $value }}
+{{- end }}
+{{- toJson $links }}
+{{- end }}
+
+{{/*
+A file of files/ (rules/, dashboards/) with the literal link prefixes of the repository replaced by
+the bases of "pipemon.links", as tools/render_rules.py and tools/make_bundle.py do.
+Argument: (dict "root" $ "path" $path).
 */}}
 {{- define "pipemon.linkedFile" -}}
+{{- $links := include "pipemon.links" .root | fromJson }}
 {{- $text := .root.Files.Get .path }}
-{{- $text = replace "https://github.com/pipemon/pipemon/blob/main/docs/runbooks/" .root.Values.links.runbookUrl $text }}
-{{- $text = replace "http://grafana.example/d/" .root.Values.links.grafanaUrl $text }}
+{{- $text = replace "https://github.com/pipemon/pipemon/blob/main/docs/runbooks/" $links.runbookUrl $text }}
+{{- $text = replace "http://grafana.example/d/" $links.grafanaUrl $text }}
 {{- $text }}
 {{- end }}
 

@@ -1,0 +1,531 @@
+"""A pipeline simulated job by job, and the metrics pipemon replicas would export for it.
+
+Each queue runs second by second: jobs arrive (Poisson, with day/night swings and idle hours),
+wait in FIFO order for a worker, run for a lognormal time and finish as succeeded, failed or
+cancelled. Workers are a fixed pool or an autoscaled one that scales to zero and pays a cold
+start. Faults and noise are events that change this for a while (workers gone or hung, a
+redeploy, failures, slowness, a stuck job) or change what is observed (an exporter restart,
+missed scrapes, a source or the whole exporter down, a second replica).
+
+The observation follows pipemon's metric contract (pipemon.metrics): gauges as of the replica's
+last poll, counters and histograms counted since that replica started (so a restart resets
+them), nothing but `up` while a scrape fails. The history is sampled every 15 s; replicas poll
+with different phases.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import math
+import random
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+
+from pipemon import metrics as m
+from pipemon.backtest.scenario import Event, QueueSpec, Scenario, SourceSpec, Spread
+from pipemon.backtest.series import History
+
+STEP = 15.0  # scrape and evaluation interval
+TICK = 1.0  # simulation resolution, seconds
+SNAPSHOT = 5.0  # state kept every 5 s: replicas poll at 0, 5 or 10 s before a scrape
+WARMUP = 1800.0  # the pipeline runs this long before the history starts (steady state at 0)
+JOB = "pipemon"
+JOB_BUCKETS = (*m.JOB_SECONDS_BUCKETS, math.inf)
+STORAGE_BUCKETS = (*m.STORAGE_SECONDS_BUCKETS, math.inf)
+OUTCOMES = ("succeeded", "failed", "cancelled")
+STATES = ("scheduled", "waiting", "running", "retrying")
+OPERATIONS = ("put", "get", "delete")
+REPLICA_COUNTER_OFFSET = 1000  # a second replica started earlier: its counters are higher
+
+
+def _rng(seed: int, *names: str) -> random.Random:
+    """A generator per simulated part: adding a queue does not change the others' traffic."""
+    return random.Random(zlib.crc32("/".join((str(seed), *names)).encode()))
+
+
+def _lognormal(rng: random.Random, spread: Spread) -> float:
+    return spread.median * math.exp(spread.sigma * rng.gauss(0.0, 1.0))
+
+
+def _bucket(bounds: tuple[float, ...], value: float) -> int:
+    return bisect.bisect_left(bounds, value)
+
+
+# --------------------------------------------------------------------------------------------
+# Queues
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class QueueState:
+    """A queue at one instant, as pipemon would read it."""
+
+    waiting: int = 0
+    running: int = 0
+    oldest: float = 0.0
+    stuck: int = 0
+    # Cumulative since the start of the simulation: finished per outcome, run-time bucket
+    # counts per outcome (not cumulative over `le`), wait-time bucket counts.
+    finished: tuple[int, ...] = (0, 0, 0)
+    run: tuple[tuple[int, ...], ...] = ()
+    wait: tuple[int, ...] = ()
+
+
+@dataclass
+class _Running:
+    start: float
+    end: float  # math.inf: never finishes on its own (hung worker, stuck job)
+    ready: float
+    extra_worker: bool = False
+
+
+@dataclass(order=True)
+class _Finish:
+    end: float
+    seq: int
+    job: _Running = field(compare=False)
+
+
+class QueueSim:
+    def __init__(self, spec: QueueSpec, source: SourceSpec, events: list[Event], seed: int):
+        self.spec, self.source = spec, source
+        self.events = [e for e in events if e.source == source.name and e.queue == spec.name]
+        self.rng = _rng(seed, source.name, spec.name)
+        self.waiting: deque[float] = deque()  # ready times, oldest first
+        self.running: list[_Finish] = []  # heap by end time
+        self.seq = 0
+        self.idle_since: list[float] = []  # one entry per idle, ready worker
+        self.busy = 0  # workers holding a job (pool workers only)
+        self.booting: list[float] = []  # ready times of workers starting
+        self.hung_jobs: list[_Running] = []
+        self.finished = [0, 0, 0]
+        self.run_counts = [[0] * len(JOB_BUCKETS) for _ in OUTCOMES]
+        self.wait_counts = [0] * len(JOB_BUCKETS)
+        self.next_arrival = 0.0
+        self._arrival_is_real = False
+        for _ in range(spec.workers.min):
+            self.idle_since.append(-WARMUP)
+
+    # --- effects of the events at time t ---
+    def _active(self, kind: str, t: float) -> list[Event]:
+        return [e for e in self.events if e.kind == kind and e.active(t)]
+
+    def _fail_ratio(self, t: float) -> float:
+        active = self._active("fail_ratio", t)
+        return active[-1].params["value"] if active else self.spec.fail_ratio
+
+    def _can_start(self, t: float) -> bool:
+        if self._active("workers_gone", t):
+            return False
+        return not any(e.at <= t < e.at + e.params.get("pause", 40.0)
+                       for e in self.events if e.kind == "redeploy")
+
+    # --- the simulation ---
+    def run(self, duration: float) -> list[QueueState]:
+        """The queue's state every SNAPSHOT seconds from 0 to `duration`."""
+        snapshots: list[QueueState] = []
+        t = -WARMUP
+        self._schedule_arrival(t)
+        transitions = sorted({e.at for e in self.events} | {e.until for e in self.events
+                                                           if e.until != math.inf})
+        while t < duration + SNAPSHOT:
+            end = t + TICK
+            for boundary in transitions:
+                if t <= boundary < end:
+                    self._transition(boundary)
+            self._arrive(t, end)
+            self._finish(end)
+            self._scale(end)
+            self._start(end)
+            if end >= 0 and end % SNAPSHOT == 0:
+                snapshots.append(self._observe(end))
+            t = end
+        return snapshots
+
+    def _schedule_arrival(self, t: float) -> None:
+        rate = self.spec.arrivals.rate(max(t, 0.0))
+        factor = 1.0
+        for event in self._active("arrivals", t):
+            factor *= event.params["factor"]
+        rate *= factor
+        # Thinning with a bounded rate: re-draw each second while the rate is zero.
+        self.next_arrival = t + (self.rng.expovariate(rate) if rate > 0 else TICK)
+        self._arrival_is_real = rate > 0
+
+    def _arrive(self, t: float, end: float) -> None:
+        while self.next_arrival < end:
+            at = self.next_arrival
+            if self._arrival_is_real:
+                self.waiting.append(at)
+            self._schedule_arrival(at)
+
+    def _finish(self, now: float) -> None:
+        while self.running and self.running[0].end <= now:
+            item = heapq.heappop(self.running)
+            job = item.job
+            roll = self.rng.random()
+            fail = self._fail_ratio(job.end)
+            outcome = 1 if roll < fail else 2 if roll < fail + self.spec.cancel_ratio else 0
+            self._count_finish(outcome, job.end - job.start)
+            if not job.extra_worker:
+                self.busy -= 1
+                self.idle_since.append(job.end)
+
+    def _count_finish(self, outcome: int, run_seconds: float) -> None:
+        self.finished[outcome] += 1
+        self.run_counts[outcome][_bucket(JOB_BUCKETS, run_seconds)] += 1
+
+    def _scale(self, now: float) -> None:
+        workers = self.spec.workers
+        ready = [b for b in self.booting if b <= now]
+        self.booting = [b for b in self.booting if b > now]
+        self.idle_since += [now] * len(ready)
+        if self._active("workers_gone", now):
+            return
+        # Idle workers above the minimum leave after idle_after.
+        total = len(self.idle_since) + self.busy + len(self.booting)
+        self.idle_since.sort()
+        while total > workers.min and self.idle_since and \
+                now - self.idle_since[0] >= workers.idle_after:
+            self.idle_since.pop(0)
+            total -= 1
+        # One worker per job ready to run, up to max; a new worker pays the cold start.
+        demand = min(workers.max, max(workers.min, len(self.waiting) + self.busy))
+        low, high = workers.cold_start
+        for _ in range(demand - total):
+            self.booting.append(now + self.rng.uniform(low, high))
+
+    def _start(self, now: float) -> None:
+        if not self._can_start(now):
+            return
+        hung = bool(self._active("workers_hung", now))
+        slow = 1.0
+        for event in self._active("slow", now):
+            slow *= event.params["factor"]
+        while self.idle_since and self.waiting and self.waiting[0] <= now:
+            ready = self.waiting.popleft()
+            self.idle_since.pop()
+            self.busy += 1
+            self.wait_counts[_bucket(JOB_BUCKETS, now - ready)] += 1
+            run = _lognormal(self.rng, self.spec.run) * slow
+            job = _Running(now, math.inf if hung else now + run, ready)
+            if hung:
+                self.hung_jobs.append(job)
+            else:
+                self._push(job)
+
+    def _push(self, job: _Running) -> None:
+        self.seq += 1
+        heapq.heappush(self.running, _Finish(job.end, self.seq, job))
+
+    def _transition(self, at: float) -> None:
+        for event in self.events:
+            if event.kind == "workers_gone" and event.at == at:
+                # The workers die: their jobs go back to the queue, oldest first.
+                jobs = [f.job for f in self.running if not f.job.extra_worker] + self.hung_jobs
+                self.running = [f for f in self.running if f.job.extra_worker]
+                heapq.heapify(self.running)
+                self.hung_jobs = []
+                for job in sorted(jobs, key=lambda j: j.ready, reverse=True):
+                    self.waiting.appendleft(job.ready)
+                self.busy = 0
+                self.idle_since, self.booting = [], []
+            elif event.kind == "workers_gone" and event.until == at:
+                self.idle_since = [at] * max(self.spec.workers.min, 1 if self.waiting else 0)
+            elif event.kind == "workers_hung" and event.at == at:
+                for item in self.running:  # every job in progress hangs with its worker
+                    if not item.job.extra_worker:
+                        item.job.end = math.inf
+                        self.hung_jobs.append(item.job)
+                self.running = [f for f in self.running if f.job.extra_worker]
+                heapq.heapify(self.running)
+            elif event.kind == "workers_hung" and event.until == at:
+                # The hung workers are restarted: their jobs are run again from the start.
+                for job in sorted(self.hung_jobs, key=lambda j: j.ready, reverse=True):
+                    self.waiting.appendleft(job.ready)
+                self.busy -= len(self.hung_jobs)
+                self.idle_since += [at] * len(self.hung_jobs)
+                self.hung_jobs = []
+            elif event.kind == "stuck_job" and event.at == at:
+                self._push(_Running(at, event.until, at, extra_worker=True))
+
+    def _observe(self, now: float) -> QueueState:
+        ready = [r for r in self.waiting if r <= now]
+        running = [f.job for f in self.running] + self.hung_jobs
+        stuck_after = self.source.stuck_after
+        return QueueState(
+            waiting=len(ready), running=len(running),
+            oldest=now - ready[0] if ready else 0.0,
+            stuck=sum(1 for j in running if now - j.start > stuck_after),
+            finished=tuple(self.finished),
+            run=tuple(tuple(c) for c in self.run_counts),
+            wait=tuple(self.wait_counts))
+
+
+# --------------------------------------------------------------------------------------------
+# Storage probes, analysis results, checks
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StorageState:
+    success: int = 1
+    durations: tuple[tuple[int, ...], ...] = ()  # per operation, bucket counts
+    failures: int = 0  # failed put operations (reason "connect")
+
+
+def simulate_storage(spec: SourceSpec, events: list[Event], seed: int,
+                     duration: float) -> list[StorageState]:
+    rng = _rng(seed, spec.name)
+    mine = [e for e in events if e.source == spec.name]
+    counts = [[0] * len(STORAGE_BUCKETS) for _ in OPERATIONS]
+    failures, success = 0, 1
+    snapshots = []
+    probe_at = rng.uniform(0, spec.interval) - spec.interval
+    t = 0.0
+    while t <= duration + SNAPSHOT:
+        while probe_at <= t:
+            if any(e.kind == "storage_outage" and e.active(probe_at) for e in mine):
+                failures += 1
+                success = 0
+            else:
+                factor = 1.0
+                for event in mine:
+                    if event.kind == "storage_slow" and event.active(probe_at):
+                        factor *= event.params["factor"]
+                for i, _ in enumerate(OPERATIONS):
+                    seconds = _lognormal(rng, spec.latency) * factor
+                    counts[i][_bucket(STORAGE_BUCKETS, seconds)] += 1
+                success = 1
+            probe_at += spec.interval
+        snapshots.append(StorageState(success, tuple(tuple(c) for c in counts), failures))
+        t += SNAPSHOT
+    return snapshots
+
+
+@dataclass
+class AnalysisState:
+    results: tuple[int, int] = (0, 0)  # succeeded, failed
+    durations: tuple[int, ...] = ()
+
+
+def simulate_analysis(spec: SourceSpec, events: list[Event], seed: int,
+                      duration: float) -> list[AnalysisState]:
+    rng = _rng(seed, spec.name)
+    mine = [e for e in events if e.source == spec.name and e.kind == "analysis_degraded"]
+    ok = failed = 0
+    counts = [0] * len(JOB_BUCKETS)
+    snapshots = []
+    at = rng.expovariate(spec.per_second) if spec.per_second > 0 else math.inf
+    t = 0.0
+    while t <= duration + SNAPSHOT:
+        while at <= t:
+            ratio = next((e.params["success_ratio"] for e in mine if e.active(at)),
+                         spec.success_ratio)
+            if rng.random() < ratio:
+                ok += 1
+            else:
+                failed += 1
+            counts[_bucket(JOB_BUCKETS, _lognormal(rng, spec.duration))] += 1
+            at += rng.expovariate(spec.per_second)
+        snapshots.append(AnalysisState((ok, failed), tuple(counts)))
+        t += SNAPSHOT
+    return snapshots
+
+
+def check_values(spec: SourceSpec, events: list[Event], t: float) -> dict[str, float]:
+    values = dict(spec.checks)
+    for event in events:
+        if event.source == spec.name and event.kind == "check_value" and event.active(t):
+            values[event.params["check"]] = event.params["value"]
+    return values
+
+
+# --------------------------------------------------------------------------------------------
+# What the replicas export, as Prometheus scrapes it
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Replica:
+    index: int
+    instance: str
+    phase: float  # seconds between the replica's poll and the scrape
+    offset: int  # counters carried from before the history (started earlier)
+    down: list[tuple[float, float]] = field(default_factory=list)  # scrapes fail
+    restarts: list[float] = field(default_factory=list)  # counters reset here
+
+    def scraped(self, t: float) -> bool:
+        return not any(a <= t < b for a, b in self.down)
+
+    def counting_since(self, t: float) -> float | None:
+        """When the replica last (re)started before t; None: before the history."""
+        starts = [r for r in self.restarts if r <= t]
+        return starts[-1] if starts else None
+
+
+def replicas_of(scenario: Scenario) -> list[Replica]:
+    replicas = [Replica(i, f"pipemon-{i}:9864", phase=(5.0 * i) % STEP,
+                        offset=REPLICA_COUNTER_OFFSET * i) for i in range(scenario.replicas)]
+    for event in scenario.events:
+        targets = [r for r in replicas
+                   if event.params.get("replica") in (None, r.index)]
+        if event.kind == "exporter_restart":
+            down = event.params.get("down", 30.0)
+            for r in targets:
+                r.down.append((event.at, event.at + down))
+                r.restarts.append(event.at + down)
+        elif event.kind == "scrape_gap":
+            for r in targets:
+                r.down.append((event.at, event.until))
+        elif event.kind == "exporter_down":
+            for r in replicas:
+                r.down.append((event.at, event.until))
+    return replicas
+
+
+def _snap(snapshots: list, t: float):
+    """The snapshot at or before t (t >= 0)."""
+    return snapshots[min(len(snapshots) - 1, max(0, int(t // SNAPSHOT)))]
+
+
+def history(scenario: Scenario, wanted: set[str] | None = None) -> History:
+    """The scenario's history: every series the rules read (all when `wanted` is None)."""
+    steps = int(scenario.duration // STEP) + 1
+    out = History(steps, STEP)
+    events = list(scenario.events)
+    queues = {(s.name, q.name): QueueSim(q, s, events, scenario.seed).run(scenario.duration)
+              for s in scenario.sources if s.kind == "queue" for q in s.queues}
+    storage = {s.name: simulate_storage(s, events, scenario.seed, scenario.duration)
+               for s in scenario.sources if s.kind == "storage"}
+    analysis = {s.name: simulate_analysis(s, events, scenario.seed, scenario.duration)
+                for s in scenario.sources if s.kind == "analysis"}
+
+    def want(name: str) -> bool:
+        return wanted is None or name in wanted
+
+    for replica in replicas_of(scenario):
+        base = {"job": JOB, "instance": replica.instance}
+        up = out.values("up", **base)
+        for k in range(steps):
+            t = k * STEP
+            up[k] = 1.0 if replica.scraped(t) else 0.0
+            if not up[k]:
+                continue
+            poll = max(0.0, t - replica.phase)
+            since = replica.counting_since(poll)
+            for source in scenario.sources:
+                source_down = [e for e in events if e.kind == "source_down"
+                               and e.source == source.name and e.at <= poll]
+                down_now = any(e.active(poll) for e in source_down)
+                # While its source is down a replica reads nothing new: counters stay as
+                # of the outage; the finishes are counted once it is back.
+                read_at = min([e.at for e in source_down if e.active(poll)] or [poll])
+                labels = dict(base, source=source.name)
+                if want(m.SOURCE_UP.name):
+                    out.values(m.SOURCE_UP.name, **labels, kind=source.kind)[k] = \
+                        0.0 if down_now else 1.0
+                if source.kind == "queue":
+                    for queue in source.queues:
+                        _export_queue(out, k, dict(labels, queue=queue.name),
+                                      queues[(source.name, queue.name)], read_at, since,
+                                      replica.offset, down_now, want)
+                elif source.kind == "storage":
+                    _export_storage(out, k, dict(labels, bucket=source.bucket),
+                                    storage[source.name], read_at, since, replica.offset,
+                                    down_now, want)
+                elif source.kind == "analysis":
+                    _export_analysis(out, k, labels, analysis[source.name], read_at, since,
+                                     replica.offset, want)
+                elif source.kind == "checks" and not down_now and want(m.CHECK_VALUE.name):
+                    for check, value in check_values(source, events, poll).items():
+                        out.values(m.CHECK_VALUE.name, **labels, check=check)[k] = value
+    out.mark_stale()
+    return out
+
+
+def _delta(now, then, offset):
+    """Counter values of a replica: since its last restart (`then`, the state at that moment),
+    or since before the history began (`then` None: it carries `offset` from that time)."""
+    if then is None:
+        return [a + offset for a in now]
+    return [a - b for a, b in zip(now, then, strict=True)]
+
+
+def _cumulative(counts: list[int]) -> list[int]:
+    total, out = 0, []
+    for c in counts:
+        total += c
+        out.append(total)
+    return out
+
+
+def _le(bounds: tuple[float, ...]) -> list[str]:
+    return [m.floatToGoString(b) for b in bounds]
+
+
+def _histogram(out, k, name, labels, now, then, offset, bounds) -> None:
+    """One histogram's `_bucket` series (cumulative over `le`) from per-bucket counts; a
+    replica that started before the history carries `offset` observations in its first one."""
+    counts = _delta(now, then, 0)
+    counts[0] += offset if then is None else 0
+    for le, value in zip(_le(bounds), _cumulative(counts), strict=True):
+        out.values(name, **labels, le=le)[k] = value
+
+
+def _export_queue(out, k, labels, snaps, read_at, since, offset, down, want) -> None:
+    now = _snap(snaps, read_at)
+    then = _snap(snaps, since) if since is not None else None
+    if not down:
+        for state in STATES:
+            value = {"waiting": now.waiting, "running": now.running}.get(state, 0)
+            if want(m.QUEUE_JOBS.name):
+                out.values(m.QUEUE_JOBS.name, **labels, state=state)[k] = value
+        if want(m.QUEUE_OLDEST_WAITING.name):
+            out.values(m.QUEUE_OLDEST_WAITING.name, **labels)[k] = round(now.oldest, 3)
+        if want(m.QUEUE_STUCK.name):
+            out.values(m.QUEUE_STUCK.name, **labels)[k] = now.stuck
+    finished = _delta(now.finished, then.finished if then else None, offset)
+    if want(m.QUEUE_FINISHED.name):
+        for outcome, value in zip(OUTCOMES, finished, strict=True):
+            out.values(m.QUEUE_FINISHED.name, **labels, outcome=outcome)[k] = value
+    run_name = m.QUEUE_RUN_SECONDS.name + "_bucket"
+    if want(run_name):
+        for i, outcome in enumerate(OUTCOMES):
+            _histogram(out, k, run_name, dict(labels, outcome=outcome), now.run[i],
+                       then.run[i] if then else None, offset, JOB_BUCKETS)
+    wait_name = m.QUEUE_WAIT_SECONDS.name + "_bucket"
+    if want(wait_name):
+        _histogram(out, k, wait_name, labels, now.wait, then.wait if then else None, offset,
+                   JOB_BUCKETS)
+
+
+def _export_storage(out, k, labels, snaps, read_at, since, offset, down, want) -> None:
+    now = _snap(snaps, read_at)
+    then = _snap(snaps, since) if since is not None else None
+    if not down and want(m.STORAGE_PROBE_SUCCESS.name):
+        out.values(m.STORAGE_PROBE_SUCCESS.name, **labels)[k] = now.success
+    name = m.STORAGE_PROBE_DURATION.name + "_bucket"
+    if want(name):
+        for i, operation in enumerate(OPERATIONS):
+            _histogram(out, k, name, dict(labels, operation=operation), now.durations[i],
+                       then.durations[i] if then else None, offset, STORAGE_BUCKETS)
+    if want(m.STORAGE_PROBE_FAILURES.name):
+        failures = now.failures - (then.failures if then else 0)
+        out.values(m.STORAGE_PROBE_FAILURES.name, **labels, operation="put",
+                   reason="connect")[k] = failures
+
+
+def _export_analysis(out, k, labels, snaps, read_at, since, offset, want) -> None:
+    now = _snap(snaps, read_at)
+    then = _snap(snaps, since) if since is not None else None
+    if want(m.ANALYSIS_RESULTS.name):
+        results = _delta(now.results, then.results if then else None, offset)
+        for outcome, value in zip(("succeeded", "failed"), results, strict=True):
+            out.values(m.ANALYSIS_RESULTS.name, **labels, outcome=outcome)[k] = value
+    name = m.ANALYSIS_DURATION.name + "_bucket"
+    if want(name):
+        _histogram(out, k, name, labels, now.durations, then.durations if then else None,
+                   offset, JOB_BUCKETS)

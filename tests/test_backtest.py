@@ -1,0 +1,370 @@
+"""`pipemon backtest`: the simulator, the promtool round trip, the judge, the Prometheus replay.
+
+The scenario library itself, run against the shipped rules, is tests/test_backtest_library.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipemon.backtest import judge, promtool, report, rules, scenario, simulate
+from pipemon.backtest.series import STALE, History, notation, openmetrics
+from tests.services import ROOT, Prometheus
+
+RULES = ROOT / "rules"
+LIBRARY = scenario.LIBRARY
+
+
+def pipemon(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipemon", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+
+
+def write_scenario(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "scenario.yaml"
+    path.write_text(text)
+    return path
+
+
+# --- scenario files ---------------------------------------------------------------------------
+
+
+def test_every_library_scenario_loads_and_states_expectations():
+    paths = scenario.library()
+    assert len(paths) >= 20, paths
+    categories = set()
+    for path in paths:
+        loaded = scenario.load(path)
+        categories.add(loaded.category)
+        assert loaded.name == path.stem, f"{path.name}: name {loaded.name!r}"
+        assert loaded.description, path.name
+        if loaded.category == "fault":
+            assert loaded.fire, f"{path.name}: a fault scenario must expect an alert"
+        else:
+            assert not loaded.fire, f"{path.name}: healthy and noise scenarios expect silence"
+            whole = [q for q in loaded.quiet if q.start == 0 and q.end == loaded.duration]
+            assert whole, f"{path.name}: not quiet all along"
+    assert categories == {"healthy", "noise", "fault"}
+
+
+def test_a_bad_scenario_gets_one_line_per_problem(tmp_path):
+    path = write_scenario(tmp_path, """
+name: broken
+category: fault
+duration: 1h
+sources:
+  - name: media
+    kind: queue
+    queues:
+      - name: q
+        arrivals: {per_minute: 5}
+        run: {median: 30s, p95: 10s}
+        workers: 2
+        colour: blue
+events:
+  - {kind: fail_ratio, queue: media/nope, at: 10m, value: 0.5}
+  - {kind: workers_gone, queue: media/q, at: soon}
+expect:
+  fire:
+    - {after: 10m, severity: urgent, within: 95s}
+""")
+    with pytest.raises(scenario.ScenarioError) as err:
+        scenario.load(path)
+    problems = err.value.problems
+    assert all(p.startswith(f"{path}: ") for p in problems), problems
+    text = "\n".join(problems)
+    for expected in ("sources[0].queues[0].run: p95 must not be below the median",
+                     "sources[0].queues[0].colour: unknown key",
+                     "events[0].queue: expected one of media/q, got 'media/nope'",
+                     "events[1].at: expected a duration",
+                     "expect.fire[0].severity: expected one of critical, warning, info"):
+        assert expected in text, f"{expected!r} not in:\n{text}"
+
+
+def test_the_command_refuses_a_bad_scenario_and_an_unknown_name(tmp_path):
+    bad = write_scenario(tmp_path, "name: x\ncategory: noise\nduration: 1h\nsources: []\n")
+    result = pipemon("backtest", str(bad))
+    assert result.returncode == 2, result
+    assert f"{bad}: sources: expected a non-empty list" in result.stderr
+    result = pipemon("backtest", "no-such-scenario")
+    assert result.returncode == 2
+    assert "no scenario 'no-such-scenario'" in result.stderr
+    listed = pipemon("backtest", "--list")
+    assert listed.returncode == 0 and "fault-stall-workers-hung" in listed.stdout
+
+
+def test_without_promtool_the_command_says_how_to_get_it(tmp_path):
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
+    result = pipemon("backtest", "noise-failure-burst", env=env)
+    assert result.returncode == 2
+    assert "promtool not found on PATH: install it with `apt-get install prometheus`" \
+        in result.stderr
+
+
+# --- the simulated pipeline -------------------------------------------------------------------
+
+QUEUE = """
+name: sim
+category: noise
+duration: 40m
+seed: 3
+replicas: {replicas}
+sources:
+  - name: media
+    kind: queue
+    queues:
+      - name: busy
+        arrivals: {{per_minute: 60}}
+        run: {{median: 20s, p95: 60s}}
+        workers: 40
+        fail_ratio: 0.01
+      - name: cold
+        arrivals: {{per_hour: 20}}
+        run: {{median: 20s, p95: 40s}}
+        workers: {{min: 0, max: 1, cold_start: [30s, 40s], idle_after: 1m}}
+events:
+{events}
+"""
+
+
+def simulated(tmp_path, events: str = "  []", replicas: int = 1) -> History:
+    text = QUEUE.format(replicas=replicas, events=events)
+    return simulate.history(scenario.load(write_scenario(tmp_path, text)))
+
+
+def series(history: History, name: str, **labels: str) -> list:
+    for key, values in history:
+        found = dict(key)
+        if found["__name__"] == name and all(found.get(k) == v for k, v in labels.items()):
+            return values
+    raise AssertionError(f"no series {name} {labels}")
+
+
+def at(history: History, seconds: float) -> int:
+    return round(seconds / history.step)
+
+
+def test_a_healthy_busy_queue_completes_at_its_arrival_rate(tmp_path):
+    history = simulated(tmp_path)
+    done = series(history, "pipemon_queue_jobs_finished_total", queue="busy",
+                  outcome="succeeded")
+    per_minute = (done[-1] - done[0]) / 40
+    assert 50 < per_minute < 70, per_minute
+    waiting = series(history, "pipemon_queue_jobs", queue="busy", state="waiting")
+    assert max(waiting) <= 5, "40 workers for a job a second: nothing should queue"
+
+
+def test_scale_to_zero_workers_make_each_job_wait_for_a_cold_start(tmp_path):
+    history = simulated(tmp_path)
+    oldest = series(history, "pipemon_queue_oldest_waiting_seconds", queue="cold")
+    waits = [v for v in oldest if v]
+    assert waits, "no job ever waited on a queue whose workers scale to zero"
+    assert max(waits) <= 45, f"a cold start is 30-40 s, saw a wait of {max(waits)} s"
+
+
+def test_counters_reset_when_the_exporter_restarts_and_series_go_stale(tmp_path):
+    history = simulated(tmp_path, "  - {kind: exporter_restart, at: 20m, down: 30s}")
+    done = series(history, "pipemon_queue_jobs_finished_total", queue="busy",
+                  outcome="succeeded")
+    up = series(history, "up")
+    assert up[at(history, 20 * 60)] == 0 and up[at(history, 20 * 60 + 30)] == 1
+    assert done[at(history, 20 * 60)] == STALE, "a failed scrape marks every series stale"
+    assert done[at(history, 20 * 60 + 15)] is None
+    before, after = done[at(history, 20 * 60) - 1], done[at(history, 20 * 60 + 30)]
+    assert after < before / 10, f"no reset: {before} -> {after}"
+    values = [v for v in done if v not in (None, STALE)]
+    drops = [i for i in range(1, len(values)) if values[i] < values[i - 1]]
+    assert len(drops) == 1, "counters only go down at the restart"
+
+
+def test_hung_workers_hold_their_jobs_and_complete_nothing(tmp_path):
+    history = simulated(tmp_path,
+                           "  - {kind: workers_hung, queue: media/busy, at: 20m, for: 10m}")
+    done = series(history, "pipemon_queue_jobs_finished_total", queue="busy",
+                  outcome="succeeded")
+    running = series(history, "pipemon_queue_jobs", queue="busy", state="running")
+    waiting = series(history, "pipemon_queue_jobs", queue="busy", state="waiting")
+    hung = range(at(history, 20 * 60 + 15), at(history, 30 * 60))
+    assert len({done[i] for i in hung}) == 1, "a completion while every worker hangs"
+    assert all(running[i] == 40 for i in hung[4:]), [running[i] for i in hung]
+    assert waiting[hung[-1]] > 400, waiting[hung[-1]]
+    assert done[-1] > done[hung[-1]] + 100, "the queue did not recover after the workers did"
+
+
+def test_workers_gone_return_their_jobs_to_the_queue(tmp_path):
+    history = simulated(tmp_path,
+                           "  - {kind: workers_gone, queue: media/busy, at: 20m, for: 10m}")
+    running = series(history, "pipemon_queue_jobs", queue="busy", state="running")
+    oldest = series(history, "pipemon_queue_oldest_waiting_seconds", queue="busy")
+    assert running[at(history, 20 * 60 + 15)] == 0
+    assert 590 <= oldest[at(history, 30 * 60) - 1] <= 630, "the oldest job waits all along"
+
+
+def test_two_replicas_poll_apart_and_count_from_other_starts(tmp_path):
+    history = simulated(tmp_path, replicas=2)
+    keys = [dict(k) for k, _ in history if dict(k)["__name__"] == "up"]
+    assert sorted(k["instance"] for k in keys) == ["pipemon-0:9864", "pipemon-1:9864"]
+    one = series(history, "pipemon_queue_jobs_finished_total", queue="busy",
+                 outcome="succeeded", instance="pipemon-0:9864")
+    two = series(history, "pipemon_queue_jobs_finished_total", queue="busy",
+                 outcome="succeeded", instance="pipemon-1:9864")
+    offsets = {b - a for a, b in zip(one, two, strict=True)}
+    assert min(offsets) > 900 and len(offsets) > 1, "same counts at the same instants"
+
+
+# --- promtool round trip ----------------------------------------------------------------------
+
+
+@pytest.mark.rules
+def test_notation_and_staleness_reach_promtool_as_written(tmp_path):
+    """What the history says at each step is what a PromQL query sees there."""
+    history = History(10)
+    values = [1.0, 1.0, 1.0, None, None, 5.0, STALE, None, 7.5, 7.5]
+    history.put((("__name__", "x"), ("q", 'a"b,c\\d')), list(values))
+    assert notation(values) == "1x2 _x2 5 stale _ 7.5x1"
+    ruleset = rules.RuleSet((), (), (), (), {}, 0.0)
+    seen = promtool.evaluate(ruleset, history, tmp_path, query="x")
+    assert seen == {(("q", 'a"b,c\\d'),): [0, 1, 2, 3, 4, 5, 8, 9]}, seen
+
+
+def test_promtool_output_is_parsed_label_by_label():
+    got = ('{__name__="ALERTS", alertname="A", alertstate="firing", q="a\\"b, c", '
+           'u="é\\n"} 1E+00, {alertname="B"} 2.5E+00')
+    assert promtool.parse_samples(got) == [
+        ((("__name__", "ALERTS"), ("alertname", "A"), ("alertstate", "firing"),
+          ("q", 'a"b, c'), ("u", "é\n")), 1.0),
+        ((("alertname", "B"),), 2.5)]
+    assert promtool.parse_samples("nil") == []
+
+
+@pytest.mark.rules
+def test_pruning_recording_rules_no_alert_reads_changes_no_alert(tmp_path):
+    ruleset = rules.load(RULES)
+    kept = {r.get("record") for g in ruleset.pruned for r in g["rules"]}
+    dropped = {r["record"] for g in ruleset.groups for r in g["rules"]
+               if "record" in r and r["record"] not in kept}
+    assert "source_queue:pipemon_queue_job_wait_seconds:quantile_rate5m" in dropped
+    assert "source_queue:pipemon_queue_stalled:bool" in kept
+    loaded = scenario.load(LIBRARY / "fault-stall-workers-hung.yaml")
+    loaded = replace(loaded, duration=50 * 60.0)
+    history = simulate.history(loaded)
+    full = replace(ruleset, pruned=tuple(g for g in ruleset.groups if g["rules"]))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    pruned_alerts = promtool.evaluate(ruleset, history, tmp_path / "a")
+    full_alerts = promtool.evaluate(full, history, tmp_path / "b")
+    assert pruned_alerts == full_alerts
+    assert any(dict(a)["alertname"] == "PipemonQueueStalled" for a in pruned_alerts)
+
+
+# --- the judge --------------------------------------------------------------------------------
+
+CRITICAL = (("alertname", "PipemonQueueStalled"), ("queue", "q"), ("severity", "critical"))
+LEVEL2 = (("alertname", "PipemonAlertEscalated"), ("escalation", "level2"),
+          ("original_alertname", "PipemonQueueStalled"), ("queue", "q"),
+          ("severity", "critical"))
+WARNING = (("alertname", "PipemonQueueBacklogHigh"), ("queue", "q"), ("severity", "warning"))
+
+
+def fault(**expect) -> scenario.Scenario:
+    fire = scenario.Fire(after=600, within=95, match=scenario.Match(("critical",)), **expect)
+    return scenario.Scenario("s", "fault", "d", 3600, 1, 1, (), (),
+                             (scenario.Quiet(0, 600, scenario.Match()),), (fire,), False)
+
+
+def test_the_judge_measures_detection_escalation_and_reset():
+    firing = {CRITICAL: list(range(46, 200)), LEVEL2: list(range(106, 200)),
+              WARNING: list(range(30, 35))}
+    result = judge.judge(fault(escalate=(17 * 60, 32 * 60), healed=3000.0,
+                               resolved_within=600.0), firing, 15)
+    assert result.quiet[0].minutes == {"PipemonQueueBacklogHigh warning (queue=q)": 1.25}
+    check = result.fire[0]
+    assert check.delay == 90 and check.level2 == 900
+    assert check.level3 is None
+    assert any("level3 never escalated" in p for p in check.problems), check.problems
+    assert not result.ok
+
+    late = {CRITICAL: list(range(48, 260))}
+    result = judge.judge(fault(healed=3000.0, resolved_within=600.0), late, 15)
+    assert result.fire[0].delay == 120
+    problems = " / ".join(result.fire[0].problems)
+    assert "fired 2m after 0:10:00, deadline 95s" in problems
+    assert "still firing 10m after the fault ended at 0:50:00" in problems
+
+
+def test_two_replicas_may_move_an_alert_by_one_evaluation_not_more():
+    one = {CRITICAL: [10, 11, 12]}
+    assert judge.compare(one, {CRITICAL: [11, 12, 13]}, 15) == []
+    moved = judge.compare(one, {CRITICAL: [12, 13, 14]}, 15)
+    assert moved and "two replicas 0:03:00-0:03:45" in moved[0]
+    assert judge.compare(one, {**one, WARNING: [3]}, 15)
+
+
+def test_the_markdown_lists_every_alert_that_fired_anywhere():
+    quiet = judge.judge(replace(fault(), fire=()), {WARNING: [1]}, 15)
+    fired = judge.judge(fault(), {CRITICAL: [44]}, 15)
+    text = report.markdown([quiet, fired], {"scenarios": 2, "promtool": "2.42.0"})
+    assert "| PipemonQueueBacklogHigh | warning | 0.25 | s |" in text
+    assert "| PipemonQueueStalled | critical | 0 |  |" in text
+    assert "| 60s | PipemonQueueStalled |" in text
+
+
+# --- a real Prometheus as the source ----------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_replaying_a_prometheus_fires_what_the_scenario_fires(tmp_path):
+    """Simulated metrics backfilled into a real Prometheus, pulled back by `pipemon backtest
+    --prometheus` and evaluated: the stall pages at the same instant as in the scenario."""
+    loaded = scenario.load(LIBRARY / "fault-stall-workers-hung.yaml")
+    loaded = replace(loaded, duration=50 * 60.0)
+    ruleset = rules.load(RULES)
+    history = simulate.history(loaded, ruleset.metric_names)
+    (tmp_path / "direct").mkdir()
+    direct = promtool.evaluate(ruleset, history, tmp_path / "direct")
+    stalled = [a for a in direct if dict(a)["alertname"] == "PipemonQueueStalled"]
+    assert stalled, direct
+    first = direct[stalled[0]][0]
+
+    origin = (math.floor(time.time() / 3600) - 3) * 3600.0  # whole hours, 2-3 hours ago
+    prometheus = Prometheus(tmp_path / "prometheus", targets=[])
+    prometheus.backfill(openmetrics(history, origin))
+    prometheus.start()
+    try:
+        start, end = origin + 10 * 60, origin + loaded.duration
+        result = pipemon("backtest", "--prometheus", prometheus.url, "--json",
+                         "--start", str(start), "--end", str(end), "--warmup", "10m")
+    finally:
+        prometheus.stop()
+    assert result.returncode == 0, result.stderr
+    replayed = json.loads(result.stdout)
+    pages = [a for a in replayed["alerts"] if a["labels"]["alertname"] == "PipemonQueueStalled"]
+    assert pages, replayed["alerts"]
+    assert pages[0]["episodes"][0]["from"] == origin + first * history.step
+    names = {a["labels"]["alertname"] for a in replayed["alerts"]}
+    assert names <= {dict(a)["alertname"] for a in direct}, names
+    assert replayed["series"] == len(history)
+
+
+def test_openmetrics_for_a_backfill_has_no_stale_samples():
+    history = History(3)
+    history.put((("__name__", "x"), ("a", "b")), [1.0, STALE, 2.0])
+    assert openmetrics(history, 1000.0) == 'x{a="b"} 1 1000.000\nx{a="b"} 2 1030.000\n# EOF\n'
+
+
+def test_library_scenarios_round_trip_through_yaml():
+    """Scenario files are plain YAML a user can copy and change."""
+    for path in scenario.library():
+        data = yaml.safe_load(path.read_text())
+        assert set(data) <= {"name", "category", "description", "duration", "seed", "replicas",
+                             "sources", "events", "expect"}, path.name
