@@ -169,8 +169,8 @@ def schedule(stack: Stack) -> list[Fault]:
 
     def burst_heal():
         count = sim.rerun()
-        return (f"{count} quick re-analyses succeed, so the 5-minute failure ratio falls under "
-                "5% now rather than when the failures leave the window")
+        return (f"{count} quick re-analyses succeed, so the failure ratio falls under its "
+                "thresholds now rather than when the failures leave its windows")
 
     def stall():
         sim.set_workers(STEMS, 0)

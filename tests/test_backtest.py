@@ -207,7 +207,8 @@ def test_workers_gone_return_their_jobs_to_the_queue(tmp_path):
     running = series(history, "pipemon_queue_jobs", queue="busy", state="running")
     oldest = series(history, "pipemon_queue_oldest_waiting_seconds", queue="busy")
     assert running[at(history, 20 * 60 + 15)] == 0
-    assert 590 <= oldest[at(history, 30 * 60) - 1] <= 630, "the oldest job waits all along"
+    # The jobs the workers held return with their ready time: they waited before they ran.
+    assert 600 <= oldest[at(history, 30 * 60) - 1] <= 720, "the oldest job waits all along"
 
 
 def test_two_replicas_poll_apart_and_count_from_other_starts(tmp_path):

@@ -47,7 +47,8 @@ def load(rules_dir: Path) -> RuleSet:
 
     files = tuple(sorted(Path(rules_dir).glob("*.yaml")))
     if not files:
-        raise RulesError(f"{rules_dir}: no rule files (*.yaml)")
+        raise RulesError(f"{rules_dir}: no rule files (*.yaml) there; name the directory of "
+                         "the rule files with --rules")
     groups: list[tuple[str, list[dict]]] = []
     for path in files:
         try:

@@ -103,8 +103,6 @@ class QueueSim:
         self.finished = [0, 0, 0]
         self.run_counts = [[0] * len(JOB_BUCKETS) for _ in OUTCOMES]
         self.wait_counts = [0] * len(JOB_BUCKETS)
-        self.next_arrival = 0.0
-        self._arrival_is_real = False
         for _ in range(spec.workers.min):
             self.idle_since.append(-WARMUP)
 
@@ -127,7 +125,6 @@ class QueueSim:
         """The queue's state every SNAPSHOT seconds from 0 to `duration`."""
         snapshots: list[QueueState] = []
         t = -WARMUP
-        self._schedule_arrival(t)
         transitions = sorted({e.at for e in self.events} | {e.until for e in self.events
                                                            if e.until != math.inf})
         while t < duration + SNAPSHOT:
@@ -144,22 +141,18 @@ class QueueSim:
             t = end
         return snapshots
 
-    def _schedule_arrival(self, t: float) -> None:
-        rate = self.spec.arrivals.rate(max(t, 0.0))
-        factor = 1.0
-        for event in self._active("arrivals", t):
-            factor *= event.params["factor"]
-        rate *= factor
-        # Thinning with a bounded rate: re-draw each second while the rate is zero.
-        self.next_arrival = t + (self.rng.expovariate(rate) if rate > 0 else TICK)
-        self._arrival_is_real = rate > 0
-
     def _arrive(self, t: float, end: float) -> None:
-        while self.next_arrival < end:
-            at = self.next_arrival
-            if self._arrival_is_real:
-                self.waiting.append(at)
-            self._schedule_arrival(at)
+        """Poisson arrivals in [t, end) at the rate of t (drawn again every tick: the rate
+        changes over the day, and the exponential distribution has no memory)."""
+        rate = self.spec.arrivals.rate(max(t, 0.0))
+        for event in self._active("arrivals", t):
+            rate *= event.params["factor"]
+        if rate <= 0:
+            return
+        at = t + self.rng.expovariate(rate)
+        while at < end:
+            self.waiting.append(at)
+            at += self.rng.expovariate(rate)
 
     def _finish(self, now: float) -> None:
         while self.running and self.running[0].end <= now:
