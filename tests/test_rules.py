@@ -141,8 +141,8 @@ def test_bundle_contents(tmp_path: Path):
     assert all(n == prefix.rstrip("/") or n.startswith(prefix) for n in names), names
     files = {n[len(prefix) :] for n, m in zip(names, members, strict=True) if m.isfile()}
 
-    expected = {"VERSION", "CHANGELOG.md", "docs/alerts.md", "docs/alertmanager.md",
-                "tools/render_alertmanager.py"}
+    expected = {"VERSION", "CHANGELOG.md", "docs/alerts.md", "docs/backtest.md",
+                "docs/alertmanager.md", "tools/render_alertmanager.py"}
     expected |= {str(p.relative_to(ROOT)) for p in RULES.rglob("*.yaml")}
     expected |= {str(p.relative_to(ROOT)) for p in (ROOT / "docs" / "runbooks").glob("*.md")}
     for optional in ("alertmanager", "grafana/dashboards", "grafana/provisioning"):

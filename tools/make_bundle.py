@@ -5,7 +5,7 @@ Usage: python3 tools/make_bundle.py [--out DIR] [--root DIR] [--values FILE]... 
 
 The archive holds, under the directory pipemon-bundle-<VERSION>/:
   rules/ (rule files and their promtool tests), alertmanager/, grafana/dashboards/,
-  docs/runbooks/, docs/alerts.md, CHANGELOG.md, VERSION
+  docs/runbooks/, docs/alerts.md, docs/backtest.md, CHANGELOG.md, VERSION
 Entries that do not exist (yet) are skipped. The archive is reproducible: members sorted by
 name, one fixed mtime (SOURCE_DATE_EPOCH, default 1980-01-01), uid/gid 0, no gzip timestamp.
 
@@ -43,6 +43,7 @@ CONTENTS = (
     "grafana/provisioning",
     "docs/runbooks",
     "docs/alerts.md",
+    "docs/backtest.md",
     "docs/alertmanager.md",
     "tools/render_alertmanager.py",
     "CHANGELOG.md",
