@@ -288,7 +288,7 @@ def test_the_judge_measures_detection_escalation_and_reset():
               WARNING: list(range(30, 35))}
     result = judge.judge(fault(escalate=(17 * 60, 32 * 60), healed=3000.0,
                                resolved_within=600.0), firing, 15)
-    assert result.quiet[0].minutes == {"PipemonQueueBacklogHigh warning (queue=q)": 1.25}
+    assert result.quiet[0].minutes == {WARNING: 1.25}
     check = result.fire[0]
     assert check.delay == 90 and check.level2 == 900
     assert check.level3 is None

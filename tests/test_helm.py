@@ -124,7 +124,7 @@ render_rules = load_tool("render_rules")
 
 def with_links(source: str, links: dict[str, str] | None = None) -> str:
     """A file of the repository (rules/..., grafana/dashboards/...) with the links of
-    tools/render_rules.py: the defaults of rules/links.yml unless `links` is given."""
+    tools/render_rules.py: the defaults of rules/settings/links.yml unless `links` is given."""
     return render_rules.rewrite((ROOT / source).read_text(), links or render_rules.load_links())
 
 
@@ -210,7 +210,7 @@ def test_chart_carries_the_files_it_reads(chart):
     names = {f["name"] for f in chart.files}
     expected = {f"files/rules/{p.name}" for p in (ROOT / "rules").glob("*.yaml")}
     expected |= {f"files/dashboards/{p.name}" for p in (ROOT / "grafana/dashboards").glob("*.json")}
-    expected |= {"files/rules/links.yml", "files/alertmanager/alertmanager.yml.in",
+    expected |= {"files/rules/settings/links.yml", "files/alertmanager/alertmanager.yml.in",
                  "files/alertmanager/values.yaml"}
     expected |= {f"files/alertmanager/templates/{p.name}"
                  for p in (ROOT / "alertmanager/templates").glob("*.tmpl")}

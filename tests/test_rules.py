@@ -237,7 +237,7 @@ def test_bundle_with_custom_links(custom_bundle: Path):
     texts = {p: p.read_text() for p in linked_files(custom_bundle)}
     assert not [p for p, t in texts.items() if DEFAULT_RUNBOOKS in t or DEFAULT_GRAFANA in t]
     assert [p for p, t in texts.items() if "grafana" in p.parts and runbooks in t]
-    assert not (custom_bundle / "rules" / "links.yml").exists(), "the settings are not bundled"
+    assert not (custom_bundle / "rules" / "settings").exists(), "the settings are not bundled"
 
 
 # Rendering replaces the same literal prefixes in the rules and in their tests' expectations
@@ -270,7 +270,7 @@ def test_render_rules_writes_the_rule_files_with_the_links(tmp_path: Path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--set", "runbookURL=https://wiki.example/"],
-     "unknown key 'runbookURL' (not in rules/links.yml: ['grafanaUrl', 'runbookUrl'])"),
+     "unknown key 'runbookURL' (not in rules/settings/links.yml: ['grafanaUrl', 'runbookUrl'])"),
     (["--set", "grafanaUrl=https://grafana.example.com/d"],
      "grafanaUrl = 'https://grafana.example.com/d' must be an http(s) URL ending with '/'"),
     (["--set", "grafanaUrl"], "--set wants KEY=VALUE, got 'grafanaUrl'"),

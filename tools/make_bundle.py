@@ -10,15 +10,15 @@ Entries that do not exist (yet) are skipped. The archive is reproducible: member
 name, one fixed mtime (SOURCE_DATE_EPOCH, default 1980-01-01), uid/gid 0, no gzip timestamp.
 
 The links of the rules are rendered by tools/render_rules.py: every file under rules/ and
-grafana/dashboards/ gets the bases of rules/links.yml in place of the repository's literal
-prefixes (the rules' tests' expected annotations included, so the bundled tests still pass). By
+grafana/dashboards/ gets the bases of rules/settings/links.yml in place of the repository's
+literal prefixes (the rules' tests' expected annotations included, so the bundled tests pass). By
 default the runbook links point at the runbooks of this version (.../blob/v<VERSION>/...).
 --values FILE and --set KEY=VALUE change them as they do for tools/render_rules.py (keys
 runbookUrl, grafanaUrl; values are http(s) URLs ending with "/"). For compatibility, two
 environment variables still work, applied before the --set pairs:
   PIPEMON_RUNBOOK_URL  sets runbookUrl
   PIPEMON_GRAFANA_URL  sets grafanaUrl
-rules/links.yml itself is not bundled: the bundled files carry the links.
+rules/settings/links.yml itself is not bundled: the bundled files carry the links.
 
 Prints the path of the archive. Standard library plus PyYAML (for render_rules).
 """
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=here, help="repository root")
     parser.add_argument("--out", type=Path, default=None, help="output directory (ROOT/dist)")
     parser.add_argument("--values", action="append", default=[], type=Path, metavar="FILE",
-                        help="YAML file of keys of rules/links.yml to change (repeatable)")
+                        help="YAML file of keys of rules/settings/links.yml to change "
+                             "(repeatable)")
     parser.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
                         help="change one link base, e.g. grafanaUrl=https://grafana.example.com/d/")
     args = parser.parse_args(argv)

@@ -9,14 +9,15 @@ checks that they do):
   runbookUrl  replaces  https://github.com/pipemon/pipemon/blob/main/docs/runbooks/
   grafanaUrl  replaces  http://grafana.example/d/
 Rendering writes them to DIR/*.yaml and DIR/tests/*.yaml (so the tests' rule_files still
-resolve) with these prefixes replaced by the bases of rules/links.yml, after merging over it the
---values files (in order; each holds only the keys it changes) and then the --set pairs. A key
-that links.yml does not have is refused, so a typo cannot silently keep a default. Each base
-must be an http(s) URL ending with "/"; "{version}" in it is replaced by the content of VERSION.
+resolve) with these prefixes replaced by the bases of rules/settings/links.yml, after merging
+over it the --values files (in order; each holds only the keys it changes) and then the --set
+pairs. A key that links.yml does not have is refused, so a typo cannot silently keep a
+default. Each base must be an http(s) URL ending with "/"; "{version}" in it is replaced by the
+content of VERSION.
 The tests' expected annotations are rewritten too, so the rendered tests still pass.
 
 tools/make_bundle.py renders the bundle's rules (and the dashboards' runbook links) the same
-way, and the Helm chart reads the same rules/links.yml (values `links.*` override it).
+way, and the Helm chart reads the same rules/settings/links.yml (values `links.*` override it).
 
 Standard library plus PyYAML.
 """
@@ -31,7 +32,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = Path("rules") / "links.yml"  # relative to the repository root
+SETTINGS = Path("rules") / "settings" / "links.yml"  # relative to the repository root
 # What each key of the settings replaces: the literal prefixes of the repository's files.
 PREFIXES = {
     "runbookUrl": "https://github.com/pipemon/pipemon/blob/main/docs/runbooks/",
@@ -60,7 +61,7 @@ def set_pair(pair: str) -> dict:
 
 
 def load_links(files: list[Path] = (), sets: list[str] = (), root: Path = ROOT) -> dict[str, str]:
-    """The bases of rules/links.yml, the overrides merged over it, {version} filled in."""
+    """The bases of rules/settings/links.yml, the overrides merged over it, {version} filled in."""
     links = read_mapping(root / SETTINGS)
     if sorted(links) != sorted(PREFIXES):
         raise RenderError(f"{SETTINGS}: must have exactly the keys {sorted(PREFIXES)}")

@@ -13,7 +13,7 @@ Alert rules
   * runbook_url is RUNBOOK_BASE + <AlertName>.md and docs/runbooks/<AlertName>.md exists;
   * dashboard_url starts with GRAFANA_BASE.
   (The two bases are the literal prefixes that tools/render_rules.py replaces with the bases of
-  rules/links.yml: the repository's files must keep them.)
+  rules/settings/links.yml: the repository's files must keep them.)
 Recording rules
   * the name has the form level:metric:operation.
 The job selector

@@ -218,6 +218,26 @@ class Node:
             return None
         return Node(value, self.where(key), self.problems, self.base_dir)
 
+    def items(self, key: str, required: bool = False, allow_empty: bool = False) -> list[Node]:
+        """The mappings of the list `key`, each a Node with its path (`[]` when absent)."""
+        self._read.add(key)
+        raw = self.data.get(key)
+        if raw is None or raw is UNRESOLVED:
+            if required and raw is None:
+                self.problem(key, "required")
+            return []
+        if not isinstance(raw, list) or not (raw or allow_empty):
+            self.problem(key, "expected a non-empty list")
+            return []
+        items = []
+        for i, item in enumerate(raw):
+            path = f"{self.where(key)}[{i}]"
+            if isinstance(item, dict):
+                items.append(Node(item, path, self.problems, self.base_dir))
+            else:
+                self.problems.append(f"{path}: expected a mapping")
+        return items
+
     def mapping(self, key: str, parse_value: Callable[[Any], Any], default: Any = _MISSING):
         """A mapping of free-form string keys to parsed values (e.g. raw state -> state)."""
         node = self.child(key, required=default is _MISSING)

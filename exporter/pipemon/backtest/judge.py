@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipemon.backtest.promtool import Alert
-from pipemon.backtest.scenario import Fire, Match, Quiet, Scenario
+from pipemon.backtest.scenario import Fire, Quiet, Scenario
 
 ESCALATION = "PipemonAlertEscalated"
 
@@ -20,7 +20,7 @@ def describe(alert: Alert) -> str:
 @dataclass
 class QuietResult:
     window: Quiet
-    minutes: dict[str, float]  # alert -> minutes it fired inside the window
+    minutes: dict[Alert, float]  # alert -> minutes it fired inside the window
 
     @property
     def ok(self) -> bool:
@@ -31,11 +31,9 @@ class QuietResult:
 class FireResult:
     expected: Fire
     delay: float | None = None  # seconds from `after` to the first matching firing alert
-    alert: str = ""
+    alert: Alert | None = None  # that alert
     level2: float | None = None  # seconds from the critical's start to each escalation
     level3: float | None = None
-    escalation_outlived: bool = False  # an escalation kept firing after its critical resolved
-    still_firing_after_heal: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -59,9 +57,6 @@ class ScenarioResult:
         return (all(q.ok for q in self.quiet) and all(f.ok for f in self.fire)
                 and not self.ha_differences)
 
-    def alert_minutes(self) -> dict[Alert, float]:
-        return {a: len(steps) * self.step / 60 for a, steps in self.firing.items()}
-
 
 def judge(scenario: Scenario, firing: dict[Alert, list[int]], step: float,
           single_replica: dict[Alert, list[int]] | None = None) -> ScenarioResult:
@@ -80,7 +75,7 @@ def _quiet(window: Quiet, firing: dict[Alert, list[int]], step: float) -> QuietR
             continue
         inside = [s for s in steps if window.start <= s * step < window.end]
         if inside:
-            minutes[describe(alert)] = len(inside) * step / 60
+            minutes[alert] = len(inside) * step / 60
     return QuietResult(window, minutes)
 
 
@@ -95,14 +90,14 @@ def _fire(expected: Fire, firing: dict[Alert, list[int]], step: float) -> FireRe
             first = (after[0], alert)
     if first is None:
         result.problems.append(f"{expected.match.describe()} never fired after "
-                               f"{_clock(expected.after)}")
+                               f"{clock(expected.after)}")
         return result
     start, alert = first
     result.delay = start * step - expected.after
-    result.alert = describe(alert)
+    result.alert = alert
     if result.delay > expected.within:
-        result.problems.append(f"{result.alert} fired {_span(result.delay)} after "
-                               f"{_clock(expected.after)}, deadline {_span(expected.within)}")
+        result.problems.append(f"{describe(alert)} fired {span(result.delay)} after "
+                               f"{clock(expected.after)}, deadline {span(expected.within)}")
     if expected.escalate:
         _escalation(result, alert, start, firing, step)
     if expected.resolved_within is not None:
@@ -111,10 +106,9 @@ def _fire(expected: Fire, firing: dict[Alert, list[int]], step: float) -> FireRe
         by = expected.healed + expected.resolved_within
         late = [describe(a) for a, steps in firing.items()
                 if _same_page(a, alert) and any(s * step >= by for s in steps)]
-        result.still_firing_after_heal = late
         if late:
-            result.problems.append(f"still firing {_span(expected.resolved_within)} after the "
-                                   f"fault ended at {_clock(expected.healed)}: {', '.join(late)}")
+            result.problems.append(f"still firing {span(expected.resolved_within)} after the "
+                                   f"fault ended at {clock(expected.healed)}: {', '.join(late)}")
     return result
 
 
@@ -134,26 +128,22 @@ def _escalation(result: FireResult, alert: Alert, start: int,
     end = start
     while end in steps:
         end += 1  # the first evaluation at which the critical no longer fires
-    labels = dict(alert)
     level2_deadline, level3_deadline = result.expected.escalate
     for level, deadline in (("level2", level2_deadline), ("level3", level3_deadline)):
-        escalations = [steps_ for a, steps_ in firing.items() if dict(a).get("alertname") ==
-                       ESCALATION and dict(a).get("escalation") == level and
-                       dict(a).get("original_alertname") == labels["alertname"] and
-                       all(dict(a).get(k) == v for k, v in alert if k != "alertname")]
-        seen = sorted(s for steps_ in escalations for s in steps_ if s >= start)
+        seen = sorted(s for a, steps_ in firing.items()
+                      if dict(a).get("escalation") == level and _same_page(a, alert)
+                      for s in steps_ if s >= start)
         during = [s for s in seen if s < end]
         delay = (during[0] - start) * step if during else None
         setattr(result, level, delay)
         if delay is None:
-            result.problems.append(f"{level} never escalated {result.alert} "
-                                   f"(firing {_span((end - start) * step)})")
+            result.problems.append(f"{level} never escalated {describe(alert)} "
+                                   f"(firing {span((end - start) * step)})")
         elif delay > deadline:
-            result.problems.append(f"{level} escalated {_span(delay)} after the critical "
-                                   f"started, deadline {_span(deadline)}")
+            result.problems.append(f"{level} escalated {span(delay)} after the critical "
+                                   f"started, deadline {span(deadline)}")
         if any(end <= s < end + 2 for s in seen):
-            result.escalation_outlived = True
-            result.problems.append(f"{level} kept firing after {result.alert} resolved")
+            result.problems.append(f"{level} kept firing after {describe(alert)} resolved")
 
 
 def compare(one: dict[Alert, list[int]], two: dict[Alert, list[int]], step: float) -> list[str]:
@@ -162,7 +152,7 @@ def compare(one: dict[Alert, list[int]], two: dict[Alert, list[int]], step: floa
     evaluation apart)."""
     problems = []
     for alert in sorted(set(one) | set(two)):
-        a, b = _episodes(one.get(alert, [])), _episodes(two.get(alert, []))
+        a, b = episodes(one.get(alert, [])), episodes(two.get(alert, []))
         if len(a) != len(b) or any(abs(x0 - y0) > 1 or abs(x1 - y1) > 1
                                    for (x0, x1), (y0, y1) in zip(a, b, strict=True)):
             problems.append(f"{describe(alert)}: one replica {_episodes_text(a, step)}, "
@@ -170,39 +160,32 @@ def compare(one: dict[Alert, list[int]], two: dict[Alert, list[int]], step: floa
     return problems
 
 
-def _episodes(steps: list[int]) -> list[tuple[int, int]]:
-    episodes: list[tuple[int, int]] = []
-    for s in steps:
-        if episodes and s == episodes[-1][1] + 1:
-            episodes[-1] = (episodes[-1][0], s)
-        else:
-            episodes.append((s, s))
-    return episodes
-
-
-def _episodes_text(episodes: list[tuple[int, int]], step: float) -> str:
-    if not episodes:
-        return "never"
-    return ", ".join(f"{_clock(a * step)}-{_clock((b + 1) * step)}" for a, b in episodes)
-
-
 def episodes(steps: list[int]) -> list[tuple[int, int]]:
-    return _episodes(steps)
+    """Runs of consecutive steps: (first, last)."""
+    runs: list[tuple[int, int]] = []
+    for s in steps:
+        if runs and s == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], s)
+        else:
+            runs.append((s, s))
+    return runs
 
 
-def _clock(seconds: float) -> str:
+def _episodes_text(runs: list[tuple[int, int]], step: float) -> str:
+    if not runs:
+        return "never"
+    return ", ".join(f"{clock(a * step)}-{clock((b + 1) * step)}" for a, b in runs)
+
+
+def clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def _span(seconds: float) -> str:
+def span(seconds: float) -> str:
     seconds = round(seconds)
     if seconds < 120:
         return f"{seconds}s"
     minutes, rest = divmod(seconds, 60)
     return f"{minutes}m{rest:02d}s" if rest else f"{minutes}m"
 
-
-clock, span = _clock, _span
-__all__ = ["FireResult", "Match", "QuietResult", "ScenarioResult", "clock", "compare",
-           "describe", "episodes", "judge", "span"]

@@ -19,11 +19,12 @@ def _details(result: ScenarioResult) -> list[str]:
     lines = []
     for quiet in result.quiet:
         for alert, minutes in sorted(quiet.minutes.items()):
-            lines.append(f"{alert}: {minutes:g} min in a quiet window "
+            lines.append(f"{describe(alert)}: {minutes:g} min in a quiet window "
                          f"({span(quiet.window.start)}-{span(quiet.window.end)})")
     for fire in result.fire:
         if fire.delay is not None:
-            text = f"{fire.expected.match.describe()}: {fire.alert} after {span(fire.delay)}"
+            text = (f"{fire.expected.match.describe()}: {describe(fire.alert)} after "
+                    f"{span(fire.delay)}")
             text += f" (deadline {span(fire.expected.within)})"
             if fire.level2 is not None:
                 text += f"; level2 +{span(fire.level2)}"
@@ -64,9 +65,9 @@ def false_alarms(results: list[ScenarioResult]) -> dict[tuple[str, str], tuple[f
     for result in results:
         for quiet in result.quiet:
             for alert, minutes in quiet.minutes.items():
-                name, severity = alert.split(" (")[0].split(" ")[:2]
-                totals[(name, severity)][0] += minutes
-                totals[(name, severity)][1].add(result.scenario.name)
+                key = (dict(alert)["alertname"], dict(alert).get("severity", ""))
+                totals[key][0] += minutes
+                totals[key][1].add(result.scenario.name)
     return {k: (v[0], v[1]) for k, v in totals.items()}
 
 
@@ -83,10 +84,11 @@ def _scenario_json(result: ScenarioResult) -> dict:
         "series": result.series, "wall_seconds": round(result.seconds, 1),
         "quiet": [{"from": q.window.start, "to": q.window.end,
                    "alerts": q.window.match.describe(), "ok": q.ok,
-                   "firing_minutes": q.minutes} for q in result.quiet],
+                   "firing_minutes": {describe(a): m for a, m in q.minutes.items()}}
+                  for q in result.quiet],
         "fire": [{"expected": f.expected.match.describe(), "after": f.expected.after,
                   "deadline_seconds": f.expected.within, "ok": f.ok,
-                  "delay_seconds": f.delay, "alert": f.alert,
+                  "delay_seconds": f.delay, "alert": describe(f.alert) if f.alert else "",
                   "level2_seconds": f.level2, "level3_seconds": f.level3,
                   "problems": f.problems} for f in result.fire],
         "ha_differences": result.ha_differences,
@@ -152,7 +154,8 @@ def markdown(results: list[ScenarioResult], meta: dict,
                 fired += " **(missed)**"
             out.append(f"| {result.scenario.name} | {first_sentence(result.scenario.description)} "
                        f"| {fire.expected.match.describe()} | {span(fire.expected.within)} "
-                       f"| {fired} | {fire.alert.split(' ')[0]} | {escalation} |")
+                       f"| {fired} | {dict(fire.alert or ()).get('alertname', '')} "
+                       f"| {escalation} |")
     return "\n".join(out) + "\n"
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from pipemon.backtest import promtool, simulate
@@ -45,7 +45,7 @@ def run_all(scenarios: list[Scenario], rules: RuleSet, jobs: int | None = None,
     else:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             futures = {pool.submit(run_scenario, scenarios[i], rules): i for i in order}
-            for future in _as_completed(futures):
+            for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 if progress:
                     progress(results[futures[future]])
@@ -56,9 +56,3 @@ def _cost(scenario: Scenario) -> float:
     queues = sum(len(s.queues) + 1 for s in scenario.sources)
     runs = 2 if scenario.same_as_one_replica else 1
     return scenario.duration * (queues + 2) * scenario.replicas * runs
-
-
-def _as_completed(futures):
-    from concurrent.futures import as_completed
-
-    return as_completed(futures)

@@ -28,7 +28,16 @@ from pathlib import Path
 
 import yaml
 
-from pipemon.config import Node, duration, name, one_of, string
+from pipemon.config import (
+    Node,
+    boolean,
+    duration,
+    name,
+    one_of,
+    positive_duration,
+    positive_int,
+    string,
+)
 
 CATEGORIES = ("healthy", "noise", "fault")
 SEVERITIES = ("critical", "warning", "info")
@@ -221,24 +230,24 @@ def load(path: Path) -> Scenario:
 
 
 def _scenario(node: Node, path: Path) -> Scenario | None:
-    run = node.get("duration", _positive_duration)
+    run = node.get("duration", positive_duration)
     if isinstance(node.data.get("sources"), str):
         node.data["sources"] = _pipeline(node, node.data["sources"])
-    sources = tuple(_source(n) for n in _children(node, "sources"))
+    sources = tuple(_source(n) for n in node.items("sources", required=True))
     names = {s.name for s in sources}
     queues = {f"{s.name}/{q.name}" for s in sources for q in s.queues}
-    events = tuple(_event(n, names, queues) for n in _children(node, "events", False))
+    events = tuple(_event(n, names, queues) for n in node.items("events", allow_empty=True))
     expect = (node.child("expect", required=False)
               or Node({}, "expect", node.problems, node.base_dir))
-    fire = tuple(_fire(n) for n in _children(expect, "fire", False))
-    quiet = tuple(_quiet(n, run or 0) for n in _children(expect, "quiet", False))
-    quiet += tuple(_quiet(n, run or 0, whole=True) for n in _children(expect, "never", False))
+    fire = tuple(_fire(n) for n in expect.items("fire", allow_empty=True))
+    quiet = tuple(_quiet(n, run or 0) for n in expect.items("quiet", allow_empty=True))
+    quiet += tuple(_quiet(n, run or 0, whole=True) for n in expect.items("never", allow_empty=True))
     if not any(q.start == 0 and q.match.alert == "" and "warning" in q.match.severities
                for q in quiet):
         # Before the first expected alert (or all along), nothing may fire.
         first = min((f.after for f in fire), default=run or 0)
         quiet += (Quiet(0.0, first, Match()),)
-    same = expect.get("same_as_one_replica", _boolean, False)
+    same = expect.get("same_as_one_replica", boolean, False)
     expect.finish()
     result = Scenario(
         name=node.get("name", name),
@@ -246,7 +255,7 @@ def _scenario(node: Node, path: Path) -> Scenario | None:
         description=" ".join(str(node.get("description", string, "")).split()),
         duration=run,
         seed=node.get("seed", int, 1),
-        replicas=node.get("replicas", _replicas, 1),
+        replicas=node.get("replicas", positive_int, 1),
         sources=sources, events=events, quiet=quiet, fire=fire,
         same_as_one_replica=same, path=path)
     if result.same_as_one_replica and result.replicas < 2:
@@ -269,11 +278,12 @@ def _source(node: Node) -> SourceSpec:
     kind = node.get("kind", one_of("queue", "storage", "analysis", "checks"))
     common = {"name": node.get("name", name), "kind": kind}
     if kind == "queue":
-        spec = SourceSpec(**common, queues=tuple(_queue(n) for n in _children(node, "queues")),
-                          stuck_after=node.get("stuck_after", _positive_duration, 1800.0))
+        queues = tuple(_queue(n) for n in node.items("queues", required=True))
+        spec = SourceSpec(**common, queues=queues,
+                          stuck_after=node.get("stuck_after", positive_duration, 1800.0))
     elif kind == "storage":
         spec = SourceSpec(**common, bucket=node.get("bucket", name),
-                          interval=node.get("interval", _positive_duration, 30.0),
+                          interval=node.get("interval", positive_duration, 30.0),
                           latency=_spread(node, "latency"))
     elif kind == "analysis":
         spec = SourceSpec(**common, per_second=_rate(node), duration=_spread(node, "duration"),
@@ -300,7 +310,7 @@ def _queue(node: Node) -> QueueSpec:
 def _arrivals(node: Node) -> Arrivals:
     idle = node.get("idle", _windows, ())
     arrivals = Arrivals(per_second=_rate(node), low=node.get("low", _ratio, 1.0),
-                        period=node.get("period", _positive_duration, 0.0), idle=idle)
+                        period=node.get("period", positive_duration, 0.0), idle=idle)
     node.finish()
     return arrivals
 
@@ -315,7 +325,7 @@ def _workers(node: Node) -> Workers:
         return Workers(1, 1)
     cold = sub.get("cold_start", _range, (0.0, 0.0))
     workers = Workers(min=sub.get("min", _count, 0), max=sub.get("max", _count),
-                      cold_start=cold, idle_after=sub.get("idle_after", _positive_duration, 300.0))
+                      cold_start=cold, idle_after=sub.get("idle_after", positive_duration, 300.0))
     sub.finish()
     return workers
 
@@ -324,8 +334,8 @@ def _spread(node: Node, key: str) -> Spread | None:
     sub = node.child(key)
     if sub is None:
         return None
-    median = sub.get("median", _positive_duration)
-    p95 = sub.get("p95", _positive_duration)
+    median = sub.get("median", positive_duration)
+    p95 = sub.get("p95", positive_duration)
     sub.finish()
     if median and p95 and p95 < median:
         node.problem(key, "p95 must not be below the median")
@@ -366,7 +376,7 @@ def _until(node: Node, at: float | None) -> float:
     if node.has("for") and node.has("until"):
         node.problem("for", "set either for or until, not both")
     if node.has("for"):
-        return (at or 0.0) + (node.get("for", _positive_duration) or 0.0)
+        return (at or 0.0) + (node.get("for", positive_duration) or 0.0)
     if node.has("until"):
         return node.get("until", duration)
     return FOREVER
@@ -375,12 +385,12 @@ def _until(node: Node, at: float | None) -> float:
 def _fire(node: Node) -> Fire:
     escalate = None
     if esc := node.child("escalate", required=False):
-        escalate = (esc.get("level2", _positive_duration), esc.get("level3", _positive_duration))
+        escalate = (esc.get("level2", positive_duration), esc.get("level3", positive_duration))
         esc.finish()
-    fire = Fire(after=node.get("after", duration), within=node.get("within", _positive_duration),
+    fire = Fire(after=node.get("after", duration), within=node.get("within", positive_duration),
                 match=_match(node, default_severities=None), escalate=escalate,
                 healed=node.get("healed", duration, None),
-                resolved_within=node.get("resolved_within", _positive_duration, None))
+                resolved_within=node.get("resolved_within", positive_duration, None))
     if fire.resolved_within is not None and fire.healed is None:
         node.problem("resolved_within", "needs healed: (when the fault ends)")
     node.finish()
@@ -404,33 +414,6 @@ def _match(node: Node, default_severities) -> Match:
     return Match(severities, node.get("alert", string, ""), tuple(sorted(labels.items())))
 
 
-def _children(node: Node, key: str, required: bool = True) -> list[Node]:
-    items = node.data.get(key)
-    node._read.add(key)
-    if items is None:
-        if required:
-            node.problem(key, "required")
-        return []
-    if not isinstance(items, list) or (required and not items):
-        node.problem(key, "expected a non-empty list")
-        return []
-    children = []
-    for i, item in enumerate(items):
-        where = f"{node.where(key)}[{i}]"
-        if not isinstance(item, dict):
-            node.problems.append(f"{where}: expected a mapping")
-            continue
-        children.append(Node(item, where, node.problems, node.base_dir))
-    return children
-
-
-def _positive_duration(value) -> float:
-    seconds = duration(value)
-    if seconds <= 0:
-        raise ValueError(f"must be greater than zero, got {value!r}")
-    return seconds
-
-
 def _non_negative(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValueError(f"expected a number >= 0, got {value!r}")
@@ -447,18 +430,6 @@ def _ratio(value) -> float:
 def _count(value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"expected a whole number >= 0, got {value!r}")
-    return value
-
-
-def _replicas(value) -> int:
-    if _count(value) < 1:
-        raise ValueError("expected at least 1 replica")
-    return value
-
-
-def _boolean(value) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
     return value
 
 

@@ -399,6 +399,9 @@ def history(scenario: Scenario, wanted: set[str] | None = None) -> History:
     def want(name: str) -> bool:
         return wanted is None or name in wanted
 
+    outages = {s.name: [e for e in events if e.kind == "source_down" and e.source == s.name]
+               for s in scenario.sources}
+
     for replica in replicas_of(scenario):
         base = {"job": JOB, "instance": replica.instance}
         up = out.values("up", **base)
@@ -410,8 +413,7 @@ def history(scenario: Scenario, wanted: set[str] | None = None) -> History:
             poll = max(0.0, t - replica.phase)
             since = replica.counting_since(poll)
             for source in scenario.sources:
-                source_down = [e for e in events if e.kind == "source_down"
-                               and e.source == source.name and e.at <= poll]
+                source_down = [e for e in outages[source.name] if e.at <= poll]
                 down_now = any(e.active(poll) for e in source_down)
                 # While its source is down a replica reads nothing new: counters stay as
                 # of the outage; the finishes are counted once it is back.

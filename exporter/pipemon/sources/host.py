@@ -83,24 +83,6 @@ def absolute_path(value) -> str:
     return os.path.normpath(text)
 
 
-def _items(node: Node, key: str) -> list[Node]:
-    """The mappings of an optional list `key`, each as a Node with its path."""
-    raw = node.get(key, lambda value: value, None)
-    if raw is None:
-        return []
-    if not isinstance(raw, list) or not raw:
-        node.problem(key, "expected a non-empty list")
-        return []
-    items = []
-    for i, item in enumerate(raw):
-        path = f"{node.where(key)}[{i}]"
-        if isinstance(item, dict):
-            items.append(Node(item, path, node.problems, node.base_dir))
-        else:
-            node.problems.append(f"{path}: expected a mapping")
-    return items
-
-
 def read_tool(node: Node, source_timeout: float) -> Tool:
     timeout = node.get("timeout", positive_duration, source_timeout)
     if timeout and source_timeout and timeout > source_timeout:
@@ -126,8 +108,8 @@ def read_scratch(node: Node) -> Scratch:
 
 
 def parse_config(node: Node, common: dict) -> HostConfig:
-    tools = [read_tool(item, common["timeout"]) for item in _items(node, "tools")]
-    scratch = [read_scratch(item) for item in _items(node, "scratch")]
+    tools = [read_tool(item, common["timeout"]) for item in node.items("tools")]
+    scratch = [read_scratch(item) for item in node.items("scratch")]
     if not tools and not scratch and not node.has("tools") and not node.has("scratch"):
         node.problem("tools", "set tools, scratch or both")
     for key, names in (("tools", [t.name for t in tools]), ("scratch", [s.path for s in scratch])):

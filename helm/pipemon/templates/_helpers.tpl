@@ -51,14 +51,14 @@ app.kubernetes.io/part-of: pipemon
 {{- end }}
 
 {{/*
-The link bases, as JSON {"runbookUrl": ..., "grafanaUrl": ...}: those of rules/links.yml (the one
-place they are set, read through files/rules) with the non-empty values of links.* over them, and
+The link bases, as JSON {"runbookUrl": ..., "grafanaUrl": ...}: those of
+rules/settings/links.yml (the one place they are set, read through files/rules) with the non-empty values of links.* over them, and
 "{version}" replaced by the chart's appVersion, as tools/render_rules.py does with VERSION.
 */}}
 {{- define "pipemon.links" -}}
-{{- $defaults := .Files.Get "files/rules/links.yml" | fromYaml }}
+{{- $defaults := .Files.Get "files/rules/settings/links.yml" | fromYaml }}
 {{- if or (not $defaults) (hasKey $defaults "Error") }}
-{{- fail "files/rules/links.yml: missing or not valid YAML (files/rules is a link to the repository's rules/)" }}
+{{- fail "files/rules/settings/links.yml: missing or not valid YAML (files/rules is a link to the repository's rules/)" }}
 {{- end }}
 {{- $links := dict }}
 {{- range $key := list "runbookUrl" "grafanaUrl" }}
