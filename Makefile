@@ -15,7 +15,7 @@ export PIPEMON_POSTGRES_DSN
 PROMTOOL ?= promtool
 
 .PHONY: install lint test test-fast run example-db bench rules-check rules-test bundle \
-        backtest backtest-docs backtest-sweep dashboards dashboards-check am-render am-check \
+        backtest backtest-docs backtest-sweep docs dashboards dashboards-check am-render am-check \
         demo helm-lint image clean
 
 install: $(BIN)/pipemon $(NODE_FIXTURES)
@@ -30,12 +30,20 @@ tests/queues/%/node_modules/.package-lock.json: tests/queues/%/package-lock.json
 	npm ci --prefix tests/queues/$* --no-audit --no-fund --loglevel=error
 
 lint: install
-	$(BIN)/ruff check exporter tests bench tools examples grafana demo
+	$(BIN)/ruff check exporter tests bench tools examples grafana demo testkit
+
+# Debian/Ubuntu packages a target needs (the lists are in the script), installed when missing,
+# with sudo when not root; nothing at all when everything is there. First step of `make test`
+# and `make demo`; .ci/run calls the script itself, before any make.
+ENSURE_PACKAGES = VENV=$(VENV) sh demo/ensure-packages.sh
 
 # Test files run on $(TEST_WORKERS) workers: the longest (the alert path, ~4 minutes of
-# Prometheus and Alertmanager waiting on `for:` clauses) overlaps with the rest.
+# Prometheus and Alertmanager waiting on `for:` clauses) overlaps with the rest. The packages
+# come first: `lint` makes the virtualenv (python3-venv) and the node fixtures (npm).
 TEST_WORKERS ?= 2
-test: lint
+test:
+	@$(ENSURE_PACKAGES) test
+	@$(MAKE) --no-print-directory lint
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Unit tests only: no database, no promtool.
@@ -67,6 +75,10 @@ backtest: $(BIN)/pipemon
 backtest-docs: $(BIN)/pipemon
 	$(BIN)/pipemon backtest --markdown docs/alerts.md
 
+# The config reference, from the settings' declarations (tests/test_source_contract.py checks it).
+docs: $(BIN)/pipemon
+	$(BIN)/python -m pipemon.reference docs/configuration.md
+
 # How the statistical detections spread over random traffic (docs/alerts.md, "Detection time
 # across seeds"); about 10 minutes on two CPUs.
 SWEEP_SEEDS ?= 24
@@ -90,15 +102,15 @@ dashboards-check: $(BIN)/pipemon
 	$(BIN)/python -m grafana.generate --check
 
 bench: $(BIN)/pipemon
-	$(BIN)/python bench/bench_queue.py
+	$(BIN)/python -m bench.bench_queue
 
 # The whole stack on loopback watching a simulated pipeline that breaks on a schedule
 # (demo/README.md); Ctrl-C stops it. DEMO_SECONDS=N: at most N seconds once it is up, then exit 0
 # only if every expected alert fired and resolved (CI). Installs the missing Debian packages
-# first (sudo when not root), then the virtualenv: the demo needs neither npm nor the node
+# first (ENSURE_PACKAGES), then the virtualenv: the demo needs neither npm nor the node
 # fixtures of `install`.
 demo:
-	@VENV=$(VENV) sh demo/ensure-packages.sh
+	@$(ENSURE_PACKAGES) demo
 	@$(MAKE) -s --no-print-directory $(BIN)/pipemon
 	$(BIN)/python -m demo.run
 

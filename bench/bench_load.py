@@ -5,17 +5,14 @@ throwaway database, then N threads scrape /metrics back to back for `--seconds`.
 requests, errors, latency p50/p99/max and the exporter's RSS before and after. The scrapers
 run on the same 2-core machine as the exporter, so these numbers are a floor, not a ceiling.
 
-    python bench/bench_load.py --scrapers 50 --seconds 60
+    python -m bench.bench_load --scrapers 50 --seconds 60
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -24,11 +21,10 @@ import uuid
 from pathlib import Path
 
 import psycopg
-import yaml
 from psycopg.conninfo import make_conninfo
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from soak import SCHEMA, free_port, rss_and_fds, writer
+from bench.soak import SCHEMA, rss_and_fds, writer
+from testkit.processes import Exporter
 
 
 def main() -> None:
@@ -43,35 +39,25 @@ def main() -> None:
         conn.execute(f'CREATE DATABASE "{db}"')
     dsn = make_conninfo(admin, dbname=db)
     stop = threading.Event()
-    proc = None
+    exporter = None
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(SCHEMA)
         folder = Path(tempfile.mkdtemp(prefix="pipemon-load-"))
-        config = folder / "pipemon.yaml"
         columns = {"id": "id", "queue": "queue", "state": "status", "created_at": "created_at",
                    "available_at": "run_at", "started_at": "started_at",
                    "finished_at": "finished_at"}
-        config.write_text(yaml.safe_dump({"defaults": {"interval": "1s", "timeout": "1s"},
-                                          "sources": [
+        sources = [
             {"name": "jobs", "kind": "queue", "dsn": dsn, "table": "jobs", "columns": columns},
             {"name": "analysis", "kind": "analysis", "dsn": dsn},
-        ]}))
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "pipemon", "serve", "--config",
-                                 str(config), "--web.listen-address", f"127.0.0.1:{port}",
-                                 "--log.level", "warning"])
-        url = f"http://127.0.0.1:{port}/metrics"
+        ]
         threading.Thread(target=writer, args=(dsn, stop), daemon=True).start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(url.replace("/metrics", "/readyz"), timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.2)
+        # `pipemon serve` (its log in the temp dir), waited for before measuring it
+        exporter = Exporter(folder, sources, ["--log.level", "warning"],
+                            defaults={"interval": "1s", "timeout": "1s"}).start()
+        url = f"{exporter.url}/metrics"
         time.sleep(5)  # let every queue appear and the series count settle before measuring
-        rss_before, fds_before = rss_and_fds(proc.pid)
+        rss_before, fds_before = rss_and_fds(exporter.proc.pid)
         latencies: list[float] = []
         errors: list[str] = []
         lock = threading.Lock()
@@ -96,7 +82,7 @@ def main() -> None:
             thread.start()
         for thread in scrapers:
             thread.join()
-        rss_after, fds_after = rss_and_fds(proc.pid)
+        rss_after, fds_after = rss_and_fds(exporter.proc.pid)
         ordered = sorted(latencies)
         p99 = ordered[int(len(ordered) * 0.99)] if ordered else float("nan")
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -112,9 +98,8 @@ def main() -> None:
             print(f"  first error: {errors[0]}")
     finally:
         stop.set()
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=10)
+        if exporter is not None:
+            exporter.stop()
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 

@@ -5,7 +5,7 @@ last 2 minutes (re-read every poll as the late-commit window) and 10,000 active 
 indexes docs/exporter.md recommends. Reports the median poll time and, per query, the rows and
 buffers it touches (EXPLAIN (ANALYZE, BUFFERS)) and whether it scans the job table sequentially.
 
-    python bench/bench_presets.py [--rows 10000000] [--polls 20] [--presets generic,pgboss]
+    python -m bench.bench_presets [--rows 10000000] [--polls 20] [--presets generic,pgboss]
 
 pg-boss's schema is created by the real pg-boss (tests/queues/node, `make install` first).
 """
@@ -163,12 +163,12 @@ def bench(name: str, spec: dict, admin: str, rows: int, polls: int, folder: Path
                 durations.append(time.perf_counter() - t0)
             print(f"  poll: median {statistics.median(durations) * 1000:.2f} ms, "
                   f"max {max(durations) * 1000:.2f} ms over {polls} polls")
-            schema = app.runners[0].source.schema
+            preset = app.runners[0].source.preset
             since = conn.execute("SELECT now() - interval '2 minutes 15 seconds'").fetchone()[0]
             params = {"since": since, "limit": 5000, "stuck": 1800, "id_floor": 0}
-            for label, query in (("active", schema.active_sql()),
-                                 ("finished", schema.finished_sql(False)),
-                                 ("started", schema.started_sql(False))):
+            for label, query in (("active", preset.active_sql()),
+                                 ("finished", preset.finished_sql(False)),
+                                 ("started", preset.started_sql(False))):
                 scanned, touched, seq = explain(conn, query, params)
                 print(f"  {label:<9} rows scanned {scanned:>7,}  buffers {touched:>6,}  "
                       f"rows read by seq scans of the job table: {seq:,}")

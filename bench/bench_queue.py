@@ -8,7 +8,7 @@ measures side by side in one run:
   * /metrics latency through the real HTTP server.
 Prints medians and p90s; see bench/README.md for recorded results.
 
-    python bench/bench_queue.py [--rows 1000000] [--polls 30] [--scrapes 300]
+    python -m bench.bench_queue [--rows 1000000] [--polls 30] [--scrapes 300]
 """
 
 from __future__ import annotations

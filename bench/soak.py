@@ -5,7 +5,7 @@ the exporter (`pipemon serve`, queue + analysis + checks sources, 1 s interval) 
 5 s. Every 10 s the exporter's RSS and open file descriptors are read from /proc and written to
 a CSV; at the end the first and last ten minutes are compared.
 
-    python bench/soak.py --minutes 30 --out bench/results/soak.csv
+    python -m bench.soak --minutes 30 --out bench/results/soak.csv
 """
 
 from __future__ import annotations
@@ -13,10 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -25,19 +22,12 @@ import uuid
 from pathlib import Path
 
 import psycopg
-import yaml
 from psycopg.conninfo import make_conninfo
 
-ROOT = Path(__file__).resolve().parent.parent
+from testkit import ROOT
+from testkit.processes import Exporter
+
 SCHEMA = (ROOT / "examples" / "schema.sql").read_text()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rss_and_fds(pid: int) -> tuple[int, int]:
@@ -78,16 +68,14 @@ def main() -> None:
     dsn = make_conninfo(admin, dbname=db)
     folder = Path(tempfile.mkdtemp(prefix="pipemon-soak-"))
     stop = threading.Event()
-    proc = None
+    exporter = None
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(SCHEMA)
         columns = {"id": "id", "queue": "queue", "state": "status", "created_at": "created_at",
                    "available_at": "run_at", "started_at": "started_at",
                    "finished_at": "finished_at"}
-        config = folder / "pipemon.yaml"
-        config.write_text(yaml.safe_dump({"defaults": {"interval": "1s", "timeout": "1s"},
-                                          "sources": [
+        sources = [
             {"name": "jobs", "kind": "queue", "dsn": dsn, "table": "jobs", "columns": columns,
              "unmapped_check_interval": "10s"},
             {"name": "analysis", "kind": "analysis", "dsn": dsn,
@@ -95,18 +83,10 @@ def main() -> None:
             {"name": "integrity", "kind": "checks", "dsn": dsn, "checks": [
                 {"name": "failed_jobs", "sql": "SELECT queue, count(*) AS value FROM jobs"
                  " WHERE status = 'failed' GROUP BY queue"}]},
-        ]}))
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "pipemon", "serve", "--config",
-                                 str(config), "--web.listen-address", f"127.0.0.1:{port}",
-                                 "--log.level", "warning"])
-        ready_by = time.monotonic() + 30
-        while time.monotonic() < ready_by:  # wait for the exporter before measuring it
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.2)
+        ]
+        # `pipemon serve` (its log in the temp dir), waited for before measuring it
+        exporter = Exporter(folder, sources, ["--log.level", "warning"],
+                            defaults={"interval": "1s", "timeout": "1s"}).start()
         thread = threading.Thread(target=writer, args=(dsn, stop), daemon=True)
         thread.start()
         out = Path(args.out)
@@ -118,12 +98,12 @@ def main() -> None:
         next_sample = started
         while time.monotonic() < end:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                with urllib.request.urlopen(f"{exporter.url}/metrics", timeout=5) as r:
                     r.read()
             except OSError:
                 scrape_errors += 1
             if time.monotonic() >= next_sample:
-                rss, fds = rss_and_fds(proc.pid)
+                rss, fds = rss_and_fds(exporter.proc.pid)
                 rows.append((round(time.monotonic() - started), rss, fds))
                 next_sample += 10
             time.sleep(5)  # a scraper's pace, not a wait for a condition
@@ -141,9 +121,8 @@ def main() -> None:
         print(f"  curve: {out}")
     finally:
         stop.set()
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=10)
+        if exporter is not None:
+            exporter.stop()
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 

@@ -1,9 +1,9 @@
 """The demo's stack, on 127.0.0.1 with free ports, every piece in one temp dir:
 
-  PostgreSQL   a throwaway cluster from the Debian binaries (tests/pgcluster.py), database
+  PostgreSQL   a throwaway cluster from the Debian binaries (testkit/postgres.py), database
                `pipemon_demo` with examples/schema.sql and examples/integrity_schema.sql
-  S3           moto's server (tests/s3proxy.py), bucket `media`
-  sinks        Slack / PagerDuty / heartbeat over HTTP and an SMTP relay (tests/sinks.py)
+  S3           moto's server (testkit/s3.py), bucket `media`
+  sinks        Slack / PagerDuty / heartbeat over HTTP and an SMTP relay (testkit/sinks.py)
   exporter     `pipemon serve` with the sources of examples/pipemon.yaml, examples/storage.yaml and
                examples/checks.yaml, as they are but for the poll intervals (`POLL`)
   Prometheus   Debian's, with rules/*.yaml unchanged, scraping and evaluating every `INTERVAL`,
@@ -33,11 +33,13 @@ import psycopg
 import yaml
 
 from demo.simulator import ANALYSIS, STEMS, TRACKS_PER_SECOND, Pipeline, s3_client
-from tests.helpers import free_port, wait_until
-from tests.pgcluster import PgCluster
-from tests.s3proxy import Moto
-from tests.services import ROOT, Alertmanager, Exporter, Prometheus, healthy_slo_history
-from tests.sinks import HttpSink, SmtpSink, site_config
+from testkit import ROOT
+from testkit.net import free_port, wait_until
+from testkit.postgres import PgCluster
+from testkit.processes import Exporter
+from testkit.prometheus import Alertmanager, Prometheus, healthy_slo_history
+from testkit.s3 import Moto
+from testkit.sinks import HttpSink, SmtpSink, site_config
 
 EXAMPLES = ROOT / "examples"
 RULES = sorted((ROOT / "rules").glob("*.yaml"))

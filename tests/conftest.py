@@ -7,16 +7,18 @@ import gc
 import os
 import uuid
 import warnings
-from pathlib import Path
+from contextlib import contextmanager
 
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from tests.helpers import build_app, free_port
-from tests.pgcluster import PgCluster
+from testkit import ROOT
+from testkit.app import build_app
+from testkit.net import free_port
+from testkit.postgres import PgCluster
+from testkit.s3 import BUCKET, Moto, S3Proxy, s3_client
 
-ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = (ROOT / "examples" / "schema.sql").read_text()
 
 
@@ -122,7 +124,7 @@ def make_app(tmp_path):
 
 @pytest.fixture
 def services(tmp_path):
-    """Start real processes (tests/services.py); all are stopped after the test.
+    """Start real processes (testkit.processes, testkit.prometheus); all are stopped after the test.
 
         exporter = services(Exporter(tmp_path / "x", sources))
     """
@@ -139,9 +141,9 @@ def services(tmp_path):
 
 @pytest.fixture
 def sinks():
-    """Local Slack/PagerDuty/webhook (HTTP) and SMTP receivers (tests/sinks.py), stopped after
+    """Local Slack/PagerDuty/webhook (HTTP) and SMTP receivers (testkit.sinks), stopped after
     the test. Ask for it before `services`, so that Alertmanager stops first."""
-    from tests.sinks import HttpSink, SmtpSink
+    from testkit.sinks import HttpSink, SmtpSink
 
     http, smtp = HttpSink().start(), SmtpSink().start()
     try:
@@ -149,3 +151,50 @@ def sinks():
     finally:
         http.stop()
         smtp.stop()
+
+
+# --- S3: moto's server on loopback, and a fault-injecting proxy in front of it ---
+
+
+@contextmanager
+def running(server):
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto():
+    """One moto server for the session (stopping one takes half a second); `s3` resets it."""
+    with running(Moto()) as server:
+        yield server
+
+
+@pytest.fixture
+def stoppable(moto):
+    """A second moto server, for a test to stop and start: it shares the process's state."""
+    with running(Moto()) as server:
+        yield server
+
+
+@pytest.fixture
+def s3(moto):
+    """A client of the test's own, with the bucket created the way R2 names its region."""
+    client = s3_client(moto.url)
+    client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "auto"})
+    try:
+        yield client
+    finally:
+        client.close()
+        moto.reset()
+
+
+@pytest.fixture
+def proxy(moto):
+    proxy = S3Proxy(moto.url).start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()

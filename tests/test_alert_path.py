@@ -34,11 +34,13 @@ from collections import defaultdict
 
 import pytest
 
-from tests.helpers import queue_source, stays, wait_until
-from tests.s3proxy import Moto
-from tests.services import ROOT, Alertmanager, Exporter, Prometheus, healthy_slo_history
-from tests.sinks import HEARTBEAT_TOKEN, notifications, site_config
-from tests.test_storage import s3_client
+from testkit import ROOT
+from testkit.app import queue_source
+from testkit.net import stays, wait_until
+from testkit.processes import Exporter
+from testkit.prometheus import Alertmanager, Prometheus, healthy_slo_history
+from testkit.s3 import Moto, s3_client
+from testkit.sinks import HEARTBEAT_TOKEN, notifications, site_config
 
 pytestmark = [pytest.mark.postgres, pytest.mark.s3, pytest.mark.e2e, pytest.mark.alertmanager]
 

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import wait_until
-from tests.services import Alertmanager, require
-from tests.sinks import (
+from testkit.net import wait_until
+from testkit.processes import require
+from testkit.prometheus import Alertmanager
+from testkit.sinks import (
     HEARTBEAT_TOKEN,
     PAGERDUTY_KEYS,
     RENDER,

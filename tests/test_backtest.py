@@ -19,7 +19,8 @@ import yaml
 
 from pipemon.backtest import judge, promtool, report, rules, scenario, simulate
 from pipemon.backtest.series import STALE, History, notation, openmetrics
-from tests.services import ROOT, Prometheus
+from testkit import ROOT
+from testkit.prometheus import Prometheus
 
 RULES = ROOT / "rules"
 LIBRARY = scenario.LIBRARY

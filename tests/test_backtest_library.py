@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from pipemon.backtest.command import MARK_BEGIN, MARK_END
-from tests.services import ROOT
+from testkit import ROOT
 
 pytestmark = pytest.mark.rules
 

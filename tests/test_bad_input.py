@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg.conninfo import make_conninfo
 
 from pipemon.config import Config, ConfigError, load
-from tests.helpers import queue_source, sample, wait_until
+from testkit.app import queue_source, sample
+from testkit.net import wait_until
 
 KEYS = ["name", "kind", "dsn", "dsn_file", "interval", "timeout", "table", "columns", "states",
         "preset", "stuck_after", "queues", "checks", "bucket", "endpoint_url", "base_url",

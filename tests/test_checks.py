@@ -7,8 +7,9 @@ import pytest
 import yaml
 
 from pipemon.config import ConfigError, load
-from tests.conftest import ROOT
-from tests.helpers import free_port, sample, wait_until, write_config
+from testkit import ROOT
+from testkit.app import sample, write_config
+from testkit.net import free_port, wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -136,6 +137,22 @@ def test_label_columns_become_labels_capped_per_column(make_app, pg_dsn, integri
                   label="capped.shard") == 0
 
 
+def test_long_label_values_sharing_a_long_start_stay_two_series(make_app, pg_dsn, integrity):
+    """Two paths that differ only after their first 200 characters are two series (cut to
+    128 characters with a hash of the whole), not a failed check."""
+    app = make_app([checks_source(pg_dsn, [
+        {"name": "by_path",
+         "sql": "SELECT repeat('x', 250) || suffix AS path, n AS value"
+                " FROM (VALUES ('/a', 1), ('/b', 2)) v (suffix, n)"},
+    ])])
+    assert app.poll_all_once()
+    assert up(app, "by_path") == 1, app.runners[0].source.describe()
+    values = sorted(s.value for family in app.registry.collect() for s in family.samples
+                    if s.name == "pipemon_check_value" and s.labels["check"] == "by_path")
+    assert values == [1, 2]
+    assert errors(app, "by_path", "duplicate_labels") == 0
+
+
 def test_each_check_runs_on_its_own_interval(make_app, pg_dsn, integrity):
     count = "SELECT count(*) AS value FROM tracks"
     app = make_app([checks_source(pg_dsn, [
@@ -193,7 +210,7 @@ def test_config_problems_are_reported(tmp_path):
     ])])
     with pytest.raises(ConfigError) as err:
         load(path, env={})
-    assert err.value.problems == [
+    assert sorted(err.value.problems) == sorted([
         "sources[0].checks[0].interval: must not be shorter than the source's interval (30s):"
         " checks run at most once a poll",
         "sources[0].checks[0].timeout: must not exceed the source's timeout (5s), the deadline"
@@ -202,4 +219,4 @@ def test_config_problems_are_reported(tmp_path):
         "sources[0].checks[1].name: duplicate check name 'a'",
         "sources[0].checks[2].sql: required",
         "sources[0].checks[3]: expected a mapping with name and sql",
-    ]
+    ])

@@ -8,9 +8,10 @@ import sys
 import pytest
 import yaml
 
-from pipemon.config import ConfigError, duration, interpolate, load
-from pipemon.sources import KINDS
-from tests.conftest import ROOT
+from pipemon.config import ConfigError, interpolate, load
+from pipemon.kinds import KINDS
+from pipemon.schema import duration
+from testkit import ROOT
 
 EXAMPLE = ROOT / "examples" / "pipemon.yaml"
 
@@ -45,7 +46,7 @@ def test_example_config_is_valid_and_complete():
         ("queue", 15, 5, 1800)
     assert stems.columns.available_at == "run_at"
     assert stems.states["running"] == "running"
-    assert (analysis.kind, analysis.table, analysis.time_column) == \
+    assert (analysis.kind, analysis.table, analysis.cols.read_by) == \
         ("analysis", "audio_events_cache", "created_at")
     assert analysis.duration_seconds == "processing_ms / 1000.0"
 

@@ -36,8 +36,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.helpers import queue_source, wait_until
-from tests.services import ROOT, Exporter, Prometheus, http_get
+from testkit import ROOT
+from testkit.app import queue_source
+from testkit.net import http_get, wait_until
+from testkit.processes import Exporter
+from testkit.prometheus import Prometheus
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.s3]
 
@@ -285,7 +288,7 @@ def last_week(exprs: list[str], now: float) -> str:
 
 @pytest.fixture
 def moto():
-    from tests.s3proxy import Moto
+    from testkit.s3 import Moto
 
     server = Moto()
     server.start()
@@ -301,7 +304,7 @@ def moto():
 
 
 def test_every_dashboard_query_returns_data(pg_dsn, services, moto, tmp_path):
-    from tests.test_storage import s3_client
+    from testkit.s3 import s3_client
 
     s3 = s3_client(moto.url)
     s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "auto"})

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 
 from pipemon.exposition import Exposition
-from tests.helpers import wait_until
+from testkit.net import wait_until
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 

@@ -7,8 +7,9 @@ import threading
 import psycopg
 import pytest
 
+from testkit.app import queue_source, sample
+from testkit.net import free_port
 from tests.conftest import SCHEMA
-from tests.helpers import free_port, queue_source, sample
 
 pytestmark = pytest.mark.postgres
 

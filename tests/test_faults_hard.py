@@ -9,9 +9,9 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from testkit.app import queue_source, sample
+from testkit.tcpproxy import TcpProxy
 from tests.conftest import SCHEMA
-from tests.helpers import queue_source, sample
-from tests.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.postgres
 
@@ -100,7 +100,8 @@ def test_restart_mid_poll_and_no_job_lost_or_counted_twice(make_app, cluster):
         conn.execute(SCHEMA)
         conn.execute("CREATE VIEW slow_jobs AS SELECT j.* FROM jobs j, pg_sleep(1.5) AS s")
     app = make_app([queue_source(dsn, timeout="3s", late_commit_window="1m"),
-                    queue_source(dsn, name="slow", table="slow_jobs", timeout="3s")])
+                    # four statements of 1.5 s each fit its deadline
+                    queue_source(dsn, name="slow", table="slow_jobs", timeout="10s")])
     assert app.poll_all_once()
     seen = []
 

@@ -10,7 +10,8 @@ import psycopg
 import pytest
 
 from pipemon.server import landing_page
-from tests.helpers import sample, url_dsn, wait_until
+from testkit.app import sample, url_dsn
+from testkit.net import wait_until
 
 pytestmark = pytest.mark.postgres
 

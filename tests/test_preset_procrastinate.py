@@ -8,7 +8,7 @@ import procrastinate
 import psycopg
 import pytest
 
-from tests.helpers import sample
+from testkit.app import sample
 
 pytestmark = pytest.mark.postgres
 

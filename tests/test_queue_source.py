@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.helpers import queue_source, sample
+from testkit.app import queue_source, sample
 
 pytestmark = pytest.mark.postgres
 
@@ -235,7 +235,7 @@ def test_unmapped_check_reads_an_index_when_there_is_one(make_app, pg_dsn, db, c
     assert warned != indexed
 
     if indexed:
-        query = app.runners[0].source.schema.unmapped_by_index_sql()
+        query = app.runners[0].source.preset.unmapped_by_index_sql()
         plan = db.execute(sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ") + query).fetchone()[0]
         assert _plan_rows(plan[0]["Plan"]) < 100, plan
 

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from tests.helpers import queue_source, sample
+from testkit.app import queue_source, sample
 
 pytestmark = pytest.mark.postgres
 

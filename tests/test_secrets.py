@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fake_trigger import FakeTrigger
-from tests.helpers import free_port, queue_source, wait_until
-from tests.s3proxy import Moto
-from tests.services import Exporter, http_get
-from tests.test_storage import s3_client
+from testkit.app import queue_source
+from testkit.fake_trigger import FakeTrigger
+from testkit.net import free_port, http_get, wait_until
+from testkit.processes import Exporter
+from testkit.s3 import Moto, s3_client
 
 DSN_PASSWORD = "Pg-pl4nted-Secr3t"
 S3_SECRET = "S3-pl4nted-SecretAccessKey"

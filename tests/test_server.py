@@ -19,8 +19,9 @@ import pytest
 
 from pipemon.server import make_app as make_wsgi
 from pipemon.server import parse_listen_address
-from tests.helpers import free_port, queue_source, wait_until, write_config
-from tests.services import Exporter
+from testkit.app import queue_source, write_config
+from testkit.net import free_port, wait_until
+from testkit.processes import Exporter
 
 PASSWORD = "pl4nted-Pa55word-e2e"
 
@@ -223,6 +224,28 @@ def test_once_prints_metrics_and_exit_code(tmp_path, pg_dsn, promtool):
     assert 'pipemon_source_up{kind="queue",source="stems"} 0.0' in result.stdout
     assert 'relation "jobs" does not exist' in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_once_fails_on_a_failed_probe_or_tool_though_every_poll_worked(tmp_path):
+    """A storage endpoint that is gone and a tool that is missing are measurements (their
+    sources stay up), but `once` is a health gate: it exits 1 and says what failed."""
+    config = write_config(tmp_path / "probes.yaml", [
+        {"name": "r2", "kind": "storage", "bucket": "media", "timeout": "2s",
+         "endpoint_url": f"http://127.0.0.1:{free_port()}", "access_key_id": "k",
+         "secret_access_key": "s"},
+        {"name": "worker", "kind": "host", "tools": [
+            {"name": "ffmpeg", "command": ["/nonexistent/ffmpeg", "-version"]}]},
+    ])
+    result = subprocess.run([sys.executable, "-m", "pipemon", "once", "--config", config],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert 'pipemon_source_up{kind="storage",source="r2"} 1.0' in result.stdout
+    assert 'pipemon_storage_probe_success{bucket="media",source="r2"} 0.0' in result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.startswith("source ")]
+    assert [line.split(":")[0] for line in lines] == ["source r2", "source worker"], \
+        result.stderr
+    assert "storage probe failed: connect" in lines[0]
+    assert "tool ffmpeg: not_found" in lines[1]
 
 
 def test_a_service_that_exits_at_start_fails_its_test_with_the_exit_code(tmp_path):

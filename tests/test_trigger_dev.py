@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from pipemon.server import landing_page
-from tests.fake_trigger import FakeTrigger
-from tests.helpers import sample, wait_until
+from testkit.app import sample
+from testkit.fake_trigger import FakeTrigger
+from testkit.net import wait_until
 
 KEY = "tr_prod_s3cretKey4Tests"
 

@@ -27,7 +27,8 @@ from cryptography.x509.oid import NameOID
 
 from pipemon import webconfig
 from pipemon.config import ConfigError
-from tests.helpers import free_port, queue_source, wait_until, write_config
+from testkit.app import queue_source, write_config
+from testkit.net import free_port, wait_until
 
 PASSWORD = "scrape-Secr3t"
 

@@ -14,8 +14,8 @@ from prometheus_client.core import Metric
 from pipemon import metrics as m
 from pipemon.config import Config
 from pipemon.exposition import Exposition
+from pipemon.kinds import build
 from pipemon.scheduler import Scheduler, SourceRunner
-from pipemon.sources import build
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,9 @@ class App:
         self.runners = [self._runner(source, secrets) for source in config.sources]
         self.scheduler = Scheduler()
         self._started = False
-        self.last_reload_ok = True
+        # The files whose last reload was refused ("config", "web config"): the metric says 0
+        # until every one of them loaded again, whichever reload (SIGHUP, file change) did it.
+        self._refused: set[str] = set()
         self.last_reload_success = time.time()
         self.registry.register(PipemonCollector(self))
 
@@ -87,12 +89,21 @@ class App:
         self.reload_succeeded()
         return len(runners) - len(fresh), len(fresh), len(gone)
 
-    def reload_succeeded(self) -> None:
-        self.last_reload_ok, self.last_reload_success = True, time.time()
+    @property
+    def last_reload_ok(self) -> bool:
+        """pipemon_config_last_reload_successful: every file's last reload succeeded."""
+        return not self._refused
+
+    def reload_succeeded(self, what: str = "config") -> None:
+        """`what` (the config, the web config) was loaded again and is running."""
+        self._refused.discard(what)
+        if not self._refused:
+            self.last_reload_success = time.time()
         self.exposition.invalidate()
 
-    def reload_failed(self) -> None:
-        self.last_reload_ok = False
+    def reload_failed(self, what: str = "config") -> None:
+        """A new `what` was refused; the running one stays."""
+        self._refused.add(what)
         self.exposition.invalidate()
 
     def stop(self, timeout: float = 4.0) -> None:

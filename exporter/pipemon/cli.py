@@ -21,6 +21,7 @@ log = logging.getLogger("pipemon")
 EXIT_CONFIG = 2
 SHUTDOWN_SECONDS = 4.0
 SIGNAL_CHECK_SECONDS = 0.2
+WEB_CONFIG = "web config"  # what App.reload_failed/reload_succeeded track, next to "config"
 
 
 def _load_or_exit(path: str) -> Config:
@@ -96,7 +97,9 @@ def serve(config_path: str, listen_address: str, web_config_path: str | None, lo
         signal.signal(signum, lambda received, _frame: signals.put(received))
     web_reloader = None
     if web is not None:
-        web_reloader = webconfig.Reloader(web_config_path, web, server.apply, app.reload_failed)
+        web_reloader = webconfig.Reloader(
+            web_config_path, web, server.apply, lambda: app.reload_failed(WEB_CONFIG),
+            succeeded=lambda: app.reload_succeeded(WEB_CONFIG))
     server.start()
     app.start()
     scheme = "https" if web and web.tls else "http"
@@ -152,19 +155,31 @@ def check_config(config_path: str) -> None:
 @click.option("--log.level", "log_level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 def once(config_path: str, log_level: str) -> None:
-    """Poll every source once, print the metrics, exit 1 if any source failed."""
+    """Poll every source once, print the metrics, exit 1 if anything failed.
+
+    Failed means a source's poll failed (pipemon_source_up 0: unreachable, refused, past its
+    timeout), or a poll that worked measured something broken: a storage probe, a SQL check,
+    a host tool or scratch directory. Each failure is one line on stderr. Exit 0 means all is
+    well, so `once` can serve as a cron or CI health gate.
+    """
     logs.setup(log_level, "text")
     app = App(_load_or_exit(config_path))
     try:
-        ok = app.poll_all_once()
+        app.poll_all_once()
         sys.stdout.write(generate_latest(app.registry).decode("utf-8"))
     finally:
         app.close()
+    failures = []
     for runner in app.runners:
-        if runner.last_error is not None and not runner.up:
-            click.echo(f"source {runner.name}: {runner.last_error.reason}: "
-                       f"{runner.last_error.message}", err=True)
-    sys.exit(0 if ok else 1)
+        if not runner.up:
+            error = runner.last_error
+            failures.append(f"source {runner.name}: {error.reason}: {error.message}")
+        else:
+            failures += [f"source {runner.name}: {line}"
+                         for line in runner.source.failed_measurements(runner.snapshot)]
+    for line in failures:
+        click.echo(line, err=True)
+    sys.exit(1 if failures else 0)
 
 
 main.add_command(backtest)

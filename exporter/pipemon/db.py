@@ -1,8 +1,9 @@
 """One reused, read-only PostgreSQL connection per source, and error classification.
 
-Every poll runs in a READ ONLY transaction that is rolled back at the end; the session has
-`statement_timeout` set to the source's timeout, so the server cancels a slow query itself, and
-TCP keepalives so a dead network is noticed instead of waited on forever.
+Every poll runs in a READ ONLY transaction that is rolled back at the end and ends by the poll's
+deadline; the session has `statement_timeout` set to the source's timeout, so the server cancels
+a slow query itself, and TCP keepalives so a dead network is noticed instead of waited on
+forever.
 """
 
 from __future__ import annotations
@@ -22,14 +23,17 @@ from psycopg import errors, sql
 from psycopg.adapt import Loader
 from psycopg.conninfo import conninfo_to_dict
 
-from pipemon.config import Secret
 from pipemon.errors import PollError, redact
+from pipemon.secret import Secret
 
 log = logging.getLogger(__name__)
 
 APPLICATION_NAME = "pipemon"
 UNKNOWN_TYPE_OID = 0  # the loader psycopg uses for types it has no loader for (e.g. enums)
-WATCHDOG_GRACE = 2.0  # seconds past the poll deadline before the connection is cut
+# Past the poll's deadline: the statement still running is cancelled (a statement that started
+# with the poll has met its statement_timeout by then), and later the connection is cut.
+CANCEL_GRACE = 0.5
+WATCHDOG_GRACE = 2.0
 _URL_PASSWORD = re.compile(r"://[^:/@]*:([^@]+)@")
 DB_ERROR_REASONS = ("connect", "auth", "timeout", "schema", "permission", "sql_error", "internal")
 
@@ -98,11 +102,12 @@ class PgSession:
         self._secrets = dsn_secrets(dsn)
         self._conn: psycopg.Connection | None = None
 
-    def _connect(self) -> psycopg.Connection:
+    def _connect(self, remaining: float) -> psycopg.Connection:
         conn = psycopg.connect(
             self._dsn.reveal(),
             application_name=APPLICATION_NAME,
-            connect_timeout=max(2, math.ceil(self._timeout)),
+            # libpq counts whole seconds and takes 1 as 2
+            connect_timeout=max(2, math.ceil(min(self._timeout, remaining))),
             keepalives=1,
             keepalives_idle=max(1, int(self._timeout)),
             keepalives_interval=1,
@@ -132,20 +137,26 @@ class PgSession:
 
     @contextmanager
     def transaction(self, deadline: float) -> Iterator[Cursor]:
-        """A read-only transaction; every psycopg error leaves as a PollError with a reason."""
-        # The server cancels a slow statement itself (statement_timeout), but a network that
-        # swallows packets leaves the client waiting forever: past the deadline and a grace,
+        """A read-only transaction that ends by `deadline`; every psycopg error leaves as a
+        PollError with a reason."""
+        # Just past the deadline the statement still running is cancelled, as its
+        # statement_timeout would have been had it started with the poll; a network that
+        # swallows packets leaves the client waiting even for the cancel, so a grace later
         # the watchdog cuts the connection's socket, which ends the wait with an error.
-        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()) + WATCHDOG_GRACE,
-                                   self._abort)
-        watchdog.daemon = True
-        self._aborted = False
+        remaining = max(0.0, deadline - time.monotonic())
+        timers = [threading.Timer(remaining + CANCEL_GRACE, self._cancel),
+                  threading.Timer(remaining + WATCHDOG_GRACE, self._abort)]
+        self._cancelled = self._aborted = False
         try:
             if self._conn is None or self._conn.closed or self._conn.broken:
                 self._close_quietly()
-                self._conn = self._connect()
+                if remaining <= 0:
+                    raise PollError("timeout", "the poll's deadline passed before connecting")
+                self._conn = self._connect(remaining)
             conn = self._conn
-            watchdog.start()
+            for timer in timers:
+                timer.daemon = True
+                timer.start()
             try:
                 with conn.cursor() as cur:
                     yield Cursor(cur, deadline)
@@ -158,9 +169,22 @@ class PgSession:
             if self._aborted:
                 raise PollError("timeout", "no answer from the database within the timeout; "
                                 "connection dropped") from None
+            if self._cancelled and classify(exc) == "timeout":
+                raise PollError("timeout", "the poll's deadline passed during a query: "
+                                "cancelled") from None
             raise PollError(classify(exc), redact(str(exc), self._secrets)) from None
         finally:
-            watchdog.cancel()
+            for timer in timers:
+                timer.cancel()
+
+    def _cancel(self) -> None:
+        """Cancel the statement in progress at the poll's deadline (from a timer)."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        self._cancelled = True
+        with suppress(psycopg.Error, AttributeError, TypeError):
+            conn.cancel_safe(timeout=WATCHDOG_GRACE)
 
     def _abort(self) -> None:
         """Shut the socket down under a query that is still waiting (from the watchdog)."""

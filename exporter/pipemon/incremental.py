@@ -1,4 +1,4 @@
-"""Read rows that appeared since the last poll, each exactly once (DESIGN.md principle 4).
+"""Read rows that appeared since the last poll, each exactly once.
 
 The watermark is the database's `now()` at the last complete read. Each poll re-reads an overlap
 window before it, because a row can commit after a poll with a timestamp from before it (its
@@ -32,6 +32,7 @@ class ReaderState:
     floor: datetime | None = None  # db now() at the first read: nothing before it is counted
     watermark: datetime | None = None  # db now() at the last complete read
     resume_after: tuple[datetime, Any] | None = None  # keyset position of a capped read
+    polled_at: datetime | None = None  # db now() at the last read, complete or capped
     seen: dict[tuple[Any, datetime], datetime] = field(default_factory=dict)  # in the overlap
     id_marks: tuple[tuple[datetime, Any], ...] = ()  # (db now(), largest id then), oldest first
 
@@ -70,19 +71,26 @@ class IncrementalReader:
         if state.watermark is None:
             # Run the query once, reading nothing, so a wrong column fails the first poll.
             cur.rows(self._query(False), {"since": db_now, "limit": 0, "id_floor": None})
-            self._pending = ReaderState(floor=db_now, watermark=db_now, id_marks=marks)
+            self._pending = ReaderState(floor=db_now, watermark=db_now, polled_at=db_now,
+                                        id_marks=marks)
             return []
         since = max(state.watermark - self._overlap, state.floor)
-        marks, id_floor = _id_floor(marks, since)
+        # While catching up after a capped read, a row may commit late with a timestamp behind
+        # the resume point: it is within the overlap of the last poll, read here first.
+        late_since = None
+        if state.resume_after is not None:
+            late_since = max(state.polled_at - self._overlap, state.floor)
+            if late_since >= state.resume_after[0]:
+                late_since = None
+        marks, id_floor = _id_floor(marks, min(since, late_since or since))
         seen = dict(state.seen)
-        after, watermark, resume_after = state.resume_after, state.watermark, None
         new_rows: list[tuple] = []
+        if late_since is not None:
+            self._read_late(cur, late_since, id_floor, state.resume_after, seen, new_rows)
+        after, watermark, resume_after = state.resume_after, state.watermark, None
         read = 0
         while True:
-            params = {"since": since, "limit": self._page_size, "id_floor": id_floor}
-            if after is not None:
-                params["after_ts"], params["after_id"] = after
-            page = cur.rows(self._query(after is not None), params)
+            page = self._page(cur, since, id_floor, after)
             read += len(page)
             for row in page:
                 key = (row[0], row[1])
@@ -100,11 +108,34 @@ class IncrementalReader:
                 log.warning("%s: read %d rows in one poll, continuing on the next",
                             self.name, read)
                 break
-        # Rows at or before the next poll's lower bound are never read again: forget them.
-        horizon = max(watermark - self._overlap, state.floor)
+        # Rows at or before the next poll's lower bounds are never read again: forget them.
+        horizon = max(min(watermark, db_now) - self._overlap, state.floor)
         seen = {key: ts for key, ts in seen.items() if ts > horizon}
-        self._pending = ReaderState(state.floor, watermark, resume_after, seen, marks)
+        self._pending = ReaderState(state.floor, watermark, resume_after, db_now, seen, marks)
         return new_rows
+
+    def _page(self, cur: Cursor, since: datetime, id_floor: Any,
+              after: tuple[datetime, Any] | None) -> list[tuple]:
+        params = {"since": since, "limit": self._page_size, "id_floor": id_floor}
+        if after is not None:
+            params["after_ts"], params["after_id"] = after
+        return cur.rows(self._query(after is not None), params)
+
+    def _read_late(self, cur: Cursor, since: datetime, id_floor: Any,
+                   resume_after: tuple[datetime, Any], seen: dict, new_rows: list) -> None:
+        """The rows after `since` and before the resume point not seen yet (late commits)."""
+        after = None
+        while True:
+            page = self._page(cur, since, id_floor, after)
+            for row in page:
+                if (row[1], row[0]) >= resume_after:
+                    return  # the resume read goes on from here
+                if (row[0], row[1]) not in seen:
+                    seen[(row[0], row[1])] = row[1]
+                    new_rows.append(row)
+            if len(page) < self._page_size:
+                return
+            after = (page[-1][1], page[-1][0])
 
 
 def _id_floor(marks: tuple, since: datetime) -> tuple[tuple, Any]:

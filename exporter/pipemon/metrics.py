@@ -1,6 +1,6 @@
 """The metric contract (names, types, labels, buckets) and the state pipemon accumulates itself.
 
-Families are built fresh on every scrape from plain data (see STYLE.md): nothing here touches the
+Families are built fresh on every scrape from plain data: nothing here touches the
 prometheus_client global registry.
 """
 
@@ -21,7 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-# A boundary at every threshold an alert uses, so the SLI is exact there (DESIGN.md).
+# A boundary at every threshold an alert uses, so the SLI is exact there.
 JOB_SECONDS_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 180, 300, 450, 600, 900, 1200, 1800, 2700, 3600)
 POLL_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 STORAGE_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -202,7 +202,8 @@ HOST_SCRATCH_ERRORS = Spec(
 
 CONFIG_RELOAD_OK = Spec(
     "pipemon_config_last_reload_successful", "gauge",
-    "1 if the last config reload (SIGHUP) succeeded, 0 if the new config was refused.", ())
+    "1 if the last reload of the config (SIGHUP) and of the web config succeeded, 0 if a new"
+    " file was refused.", ())
 CONFIG_RELOAD_TIME = Spec(
     "pipemon_config_last_reload_success_timestamp_seconds", "gauge",
     "Unix time of the last successful config load (start or reload).", ())
@@ -271,9 +272,6 @@ class HistogramSet:
             counts[-1] += 1
         self._sums[labels] += value
 
-    def count(self, labels: tuple[str, ...]) -> int:
-        return sum(self._counts.get(labels, ()))
-
     def emit(self, family: Metric, prefix: tuple[str, ...]) -> None:
         for labels in sorted(self._counts):
             cumulative, buckets = 0, []
@@ -290,6 +288,8 @@ def label_value(raw) -> str:
     """A label value read from data: text, and not absurdly long. A long value keeps its start
     and a short hash of the whole, so two long names that share a start stay two series."""
     text = raw if isinstance(raw, str) else "" if raw is None else str(raw)
+    if not text.isascii():  # a lone surrogate (JSON can hold one) could not be rendered
+        text = text.encode("utf-8", "replace").decode("utf-8")
     if len(text) <= MAX_LABEL_LENGTH:
         return text
     digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:8]

@@ -21,6 +21,11 @@ from pipemon.sources.base import Source
 log = logging.getLogger(__name__)
 
 MAX_START_JITTER = 3.0
+# A poll that returns this long past its deadline failed it: its results are thrown away.
+# (Sources cut their work at the deadline; the database watchdog needs 2 s more at worst.)
+OVERRUN_GRACE = 3.0
+# A poll still running this long past its deadline is stuck: /healthz fails.
+HUNG_AFTER = 60.0
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ class SourceRunner:
         self.last_error: LastError | None = None
         self.consecutive_failures = 0
         self.polls = 0
-        self.poll_started: float | None = None  # monotonic time of the poll in progress
+        self.poll_deadline: float | None = None  # monotonic deadline of the poll in progress
         self._errors = m.CounterSet()
         for reason in source.error_reasons:
             self._errors.ensure((reason,))
@@ -61,11 +66,12 @@ class SourceRunner:
 
     def poll_once(self) -> bool:
         started = time.monotonic()
-        self.poll_started = started
+        timeout = self.source.config.timeout
+        deadline = self.poll_deadline = started + timeout
         error: LastError | None = None
         snapshot = None
         try:
-            snapshot = self.source.poll()
+            snapshot = self.source.poll(deadline)
         except PollError as exc:
             error = LastError(exc.reason, redact(exc.message, self._secrets), self._clock())
         except Exception as exc:  # a bug must not kill the loop: report it like any failure
@@ -73,9 +79,13 @@ class SourceRunner:
             error = LastError("internal", message, self._clock())
             log.error("source %s: unexpected error", self.name, exc_info=False,
                       extra={"source": self.name, "reason": "internal", "error": message})
+        overrun = time.monotonic() - deadline
+        if error is None and overrun > OVERRUN_GRACE:  # a source that ignored its deadline
+            error = LastError("timeout", f"the poll took {timeout + overrun:.1f}s, past its"
+                                         f" timeout of {timeout:g}s", self._clock())
         elapsed = time.monotonic() - started
         with self._lock:
-            self.poll_started = None
+            self.poll_deadline = None
             self.polls += 1
             self.last_attempt = self._clock()
             self.last_duration = elapsed
@@ -126,12 +136,22 @@ class SourceRunner:
             }
 
     def hung_for(self) -> float:
-        """Seconds the poll in progress has overrun its deadline by a wide margin, else 0."""
-        started = self.poll_started
-        if started is None:
+        """Seconds the poll in progress has been stuck: running more than HUNG_AFTER past its
+        deadline, which every source honours (else 0)."""
+        deadline = self.poll_deadline
+        if deadline is None:
             return 0.0
-        allowed = 2 * self.source.config.timeout + 60
-        return max(0.0, time.monotonic() - started - allowed)
+        return max(0.0, time.monotonic() - deadline - HUNG_AFTER)
+
+
+def next_tick(previous: float, now: float, interval: float) -> float:
+    """When the poll after the one that started at tick `previous` starts: the next tick of
+    the grid `previous + k * interval` that is still ahead of `now`. A poll that overran skips
+    the ticks it missed, so polls never run back to back and stay on their grid."""
+    due = previous + interval
+    if due >= now:
+        return due
+    return now + interval - (now - due) % interval
 
 
 class Scheduler:
@@ -157,10 +177,8 @@ class Scheduler:
         next_run = time.monotonic()
         while not stopping.is_set():
             runner.poll_once()
-            next_run += interval
             now = time.monotonic()
-            if next_run < now:  # the poll overran: skip the missed ticks, never run back to back
-                next_run = now + interval - (now - next_run) % interval
+            next_run = next_tick(next_run, now, interval)
             if stopping.wait(next_run - now):
                 break
 

@@ -7,6 +7,7 @@ the sources' status.
 
 from __future__ import annotations
 
+import copy
 import html
 import json
 import logging
@@ -19,7 +20,7 @@ from socketserver import ThreadingMixIn
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import make_wsgi_app
+from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from pipemon.app import VERSION, App
 from pipemon.webconfig import BasicAuth, WebConfig
@@ -139,9 +140,38 @@ def make_app(app: App, web: WebConfig | None = None):
     return handler
 
 
+class _LiveNames:
+    """`?name[]=` over the families collected now. prometheus_client's own restricted registry
+    only asks the collectors whose names it learned from describe() at register time, so the
+    families of a source kind added by a config reload would never be served."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self._registry = registry
+
+    def restricted_registry(self, names) -> _Restricted:
+        return _Restricted(self._registry, frozenset(names))
+
+    def collect(self):
+        return self._registry.collect()
+
+
+class _Restricted:
+    def __init__(self, registry: CollectorRegistry, names: frozenset[str]):
+        self._registry, self._names = registry, names
+
+    def collect(self):
+        """Each family with only the samples named (sample names, as prometheus_client)."""
+        for family in self._registry.collect():
+            samples = [s for s in family.samples if s.name in self._names]
+            if samples:
+                kept = copy.copy(family)
+                kept.samples = samples
+                yield kept
+
+
 def _endpoints(app: App):
     # `?name[]=` asks for a subset: rare (debugging), so rendered per request, uncached.
-    filtered_metrics_app = make_wsgi_app(app.registry)
+    filtered_metrics_app = make_wsgi_app(_LiveNames(app.registry))
 
     def metrics(environ, start_response) -> list[bytes]:
         if "name[]" in parse_qs(environ.get("QUERY_STRING", "")):

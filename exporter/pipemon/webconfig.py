@@ -33,7 +33,7 @@ from pathlib import Path
 import bcrypt
 import yaml
 
-from pipemon.config import ConfigError, Node, one_of, string
+from pipemon.schema import ConfigError, Node, one_of, string
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +150,16 @@ class Reloader:
     """Reads the web config again on SIGHUP, and when the file or a certificate, key or CA it
     names changes (a rotated certificate needs no signal, as with exporter-toolkit).
 
-    A new config that fails to load leaves the running one in place; the same broken files are
-    not retried (or logged) again until they change.
+    A new config that fails to load leaves the running one in place and calls `failed`; the same
+    broken files are not retried (or logged) again until they change. One that loads is applied,
+    then `succeeded` is called (the failure is over, however the reload came about).
     """
 
     def __init__(self, path: str, current: WebConfig, apply: Callable[[WebConfig], None],
-                 failed: Callable[[], None], check_every: float = 5.0):
+                 failed: Callable[[], None], check_every: float = 5.0,
+                 succeeded: Callable[[], None] = lambda: None):
         self.path = path
-        self._apply, self._failed = apply, failed
+        self._apply, self._failed, self._succeeded = apply, failed, succeeded
         self._files = current.files or (Path(path),)
         self._seen = fingerprint(self._files)
         self._check_every = check_every
@@ -183,6 +185,7 @@ class Reloader:
         self._files = web.files
         self._seen = fingerprint(self._files)
         self._apply(web)
+        self._succeeded()
         log.info("web config reloaded (%s): TLS %s, %d basic auth users", why,
                  "on" if web.tls else "off", len(web.users), extra={"web_config": self.path})
         return True

@@ -16,7 +16,7 @@ from pipemon.backtest import promtool, report, runner
 from pipemon.backtest import rules as rules_mod
 from pipemon.backtest import scenario as scenario_mod
 from pipemon.backtest.scenario import first_sentence
-from pipemon.config import duration
+from pipemon.schema import duration
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

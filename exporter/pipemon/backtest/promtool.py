@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pipemon.backtest.rules import RuleSet, write_pruned
 from pipemon.backtest.series import History, notation, selector, yaml_string
-from pipemon.config import duration
+from pipemon.schema import duration
 
 # An alert: its labels (alertname, severity, source, ...), without __name__ and alertstate.
 Alert = tuple[tuple[str, str], ...]

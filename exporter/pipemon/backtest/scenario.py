@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from pipemon.config import (
+from pipemon.schema import (
     Node,
     boolean,
     duration,

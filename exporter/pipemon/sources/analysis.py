@@ -8,67 +8,65 @@ incrementally by `columns.finished_at` (default `columns.created_at`), like fini
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 
 from psycopg import sql
 
 from pipemon import metrics as m
-from pipemon.config import Node, Secret, SourceConfig, duration, positive_int, string
-from pipemon.db import dsn_secrets, relation
+from pipemon.db import relation
 from pipemon.incremental import IncrementalReader, keyset
-from pipemon.sources.pg import PgSource, read_dsn
-
-OUTCOMES = ("succeeded", "failed")
-
-
-@dataclass(frozen=True)
-class AnalysisConfig(SourceConfig):
-    dsn: Secret | None = None
-    table: str = ""
-    id_column: str = "id"
-    time_column: str = "created_at"
-    success: str = "timeline IS NOT NULL"
-    duration_seconds: str | None = None
-    late_commit_window: float = 120.0
-    page_size: int = 5000
-    max_rows_per_poll: int = 50000
-
-    def secrets(self) -> list[str]:
-        return dsn_secrets(self.dsn)
+from pipemon.schema import Checked, duration, positive_int, section, string, value
+from pipemon.sources.jobs import RESULT_OUTCOMES, ROWS_PER_PAGE, ROWS_PER_POLL
+from pipemon.sources.pg import PgConfig, PgSource
 
 
-def parse_config(node: Node, common: dict) -> AnalysisConfig:
-    cols = node.child("columns", required=False)
-    id_column, time_column = "id", "created_at"
-    if cols is not None:
-        id_column = cols.get("id", string, "id")
-        created_at = cols.get("created_at", string, "created_at")
-        time_column = cols.get("finished_at", string, None) or created_at
-        cols.finish()
-    return AnalysisConfig(
-        **common,
-        dsn=read_dsn(node),
-        table=node.get("table", string, "audio_events_cache"),
-        id_column=id_column,
-        time_column=time_column,
-        success=node.get("success", string, "timeline IS NOT NULL"),
-        duration_seconds=node.get("duration_seconds", string, None),
-        late_commit_window=node.get("late_commit_window", duration, 120.0),
-        page_size=node.get("page_size", positive_int, 5000),
-        max_rows_per_poll=node.get("max_rows_per_poll", positive_int, 50000),
-    )
+@dataclass(frozen=True, kw_only=True)
+class AnalysisColumns(Checked):
+    id: str = value("Unique id of a result row.", string, "id")
+    created_at: str = value("When the row was written.", string, "created_at")
+    finished_at: str | None = value(
+        "When the analysis finished, if it differs from `created_at`: new rows are read by it.",
+        string, None)
+
+    @property
+    def read_by(self) -> str:
+        return self.finished_at or self.created_at
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalysisConfig(PgConfig):
+    table: str = value("Table, view, `schema.table` or parenthesised subquery of the results.",
+                       string, "audio_events_cache")
+    columns: AnalysisColumns | None = section(
+        AnalysisColumns, "Column names, when they differ from the defaults.")
+    success: str = value("SQL predicate on a row that holds when the analysis succeeded.",
+                         string, "timeline IS NOT NULL")
+    duration_seconds: str | None = value(
+        "SQL expression of a row's processing time in seconds (none: no duration histogram).",
+        string, None)
+    late_commit_window: float = value(
+        "How far back each poll looks again for rows committed late.", duration, 120.0)
+    page_size: int = value("Rows per page of an incremental read.", positive_int, ROWS_PER_PAGE)
+    max_rows_per_poll: int = value(
+        "Rows read per poll at most; a burst is caught up over the next polls.", positive_int,
+        ROWS_PER_POLL)
+
+    @property
+    def cols(self) -> AnalysisColumns:
+        return self.columns or AnalysisColumns()
 
 
 class AnalysisSource(PgSource):
     specs = (m.ANALYSIS_RESULTS, m.ANALYSIS_DURATION)
+
+    config_type = AnalysisConfig
 
     def __init__(self, config: AnalysisConfig):
         super().__init__(config)
         self.config: AnalysisConfig = config
         self._lock = threading.Lock()
         self._results = m.CounterSet()
-        for outcome in OUTCOMES:
+        for outcome in RESULT_OUTCOMES:
             self._results.ensure((outcome,))
         self._durations = m.HistogramSet(m.JOB_SECONDS_BUCKETS)
         if config.duration_seconds:
@@ -79,7 +77,7 @@ class AnalysisSource(PgSource):
 
     def _results_sql(self, with_after: bool) -> sql.Composable:
         cfg = self.config
-        ts, id_ = sql.Identifier(cfg.time_column), sql.Identifier(cfg.id_column)
+        ts, id_ = sql.Identifier(cfg.cols.read_by), sql.Identifier(cfg.cols.id)
         condition, tail = keyset(ts, id_, with_after)
         # `success` and `duration_seconds` are SQL written by the operator, like a view would be;
         # the transaction is read-only, so they cannot change anything.
@@ -90,8 +88,7 @@ class AnalysisSource(PgSource):
                  duration=sql.SQL(cfg.duration_seconds or "NULL"), rel=relation(cfg.table),
                  condition=condition, tail=tail)
 
-    def poll(self) -> None:
-        deadline = time.monotonic() + self.config.timeout
+    def poll(self, deadline: float) -> None:
         with self.session.transaction(deadline) as cur:
             db_now = cur.rows("SELECT now()")[0][0]
             rows = self.reader.read(cur, db_now)

@@ -1,26 +1,58 @@
-"""What every source kind provides."""
+"""What every source kind provides: its config's common keys, and the poll/collect contract."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from pipemon.config import SourceConfig
 from pipemon.metrics import Families, Spec
+from pipemon.schema import Checked, Node, name, positive_duration, value
+
+DEFAULT_INTERVAL = 15.0
+DEFAULT_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceConfig(Checked):
+    """Keys every source has. Each kind subclasses this with its own keys."""
+
+    name: str = value("Unique name of the source: the `source` label of its series.", name)
+    kind: str = ""  # not read as a setting: the loader picks the class by it
+    interval: float = value(
+        "How often the source is polled (default: `defaults.interval`).", positive_duration,
+        DEFAULT_INTERVAL, shown_default="15s")
+    timeout: float = value(
+        "Deadline of one poll, at most `interval`; a poll past it fails as `timeout`"
+        " (default: `defaults.timeout`).", positive_duration, DEFAULT_TIMEOUT,
+        shown_default="5s")
+
+    def check(self, node: Node, parent: dict[str, Any]) -> None:
+        if self.interval and self.timeout and self.timeout > self.interval:
+            node.problem("timeout", f"must not exceed interval ({self.interval:g}s): polls would"
+                                    " overlap")
+
+    def secrets(self) -> list[str]:
+        """Strings that must never be shown (for redaction of error messages)."""
+        return []
 
 
 class Source(ABC):
     """One configured source. `poll()` runs on the scheduler's thread, `collect()` on scrapes.
 
-    `poll()` returns an immutable snapshot of gauge data (or raises PollError) and updates the
-    source's own counters under its lock; `collect()` emits the counters always and the gauges
-    only from a snapshot that is current (the runner passes None after a failed poll).
+    `poll(deadline)` returns an immutable snapshot of gauge data (or raises PollError) and
+    updates the source's own counters under its lock; it must return by `deadline` (a
+    `time.monotonic()` value the runner sets `timeout` after the poll's start), cutting short
+    whatever would run past it. `collect()` emits the counters always and the gauges only from
+    a snapshot that is current (the runner passes None after a failed poll).
     """
 
+    #: the config class of this kind (its keys, defaults and checks)
+    config_type: ClassVar[type[SourceConfig]] = SourceConfig
     #: metric families this kind may emit (for describe(), before any poll ran)
     specs: tuple[Spec, ...] = ()
     #: error reasons this kind can report, pre-initialised to 0 so rate() sees the first error
-    error_reasons: tuple[str, ...] = ("internal",)
+    error_reasons: tuple[str, ...] = ("timeout", "internal")
 
     def __init__(self, config: SourceConfig):
         self.config = config
@@ -28,12 +60,17 @@ class Source(ABC):
         self.kind = config.kind
 
     @abstractmethod
-    def poll(self) -> Any:
-        """Read the source once, within config.timeout. Returns the gauge snapshot."""
+    def poll(self, deadline: float) -> Any:
+        """Read the source once, returning by `deadline`. Returns the gauge snapshot."""
 
     @abstractmethod
     def collect(self, families: Families, snapshot: Any | None) -> None:
         """Add this source's samples to the scrape's families."""
+
+    def failed_measurements(self, snapshot: Any) -> list[str]:
+        """What a successful poll measured as broken (a probe, a check, a tool), one line each:
+        `pipemon once` fails on these too."""
+        return []
 
     def describe(self) -> dict[str, Any]:
         """Extra facts for the landing page and /health (no secrets)."""

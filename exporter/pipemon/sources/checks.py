@@ -20,10 +20,19 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from pipemon import metrics as m
-from pipemon.config import Node, Secret, SourceConfig, name, positive_duration, positive_int
-from pipemon.db import describe_dsn, dsn_secrets
+from pipemon.db import describe_dsn
 from pipemon.errors import PollError
-from pipemon.sources.pg import PgSource, read_dsn
+from pipemon.schema import (
+    Checked,
+    Node,
+    name,
+    positive_duration,
+    positive_int,
+    section_list,
+    string,
+    value,
+)
+from pipemon.sources.pg import PgConfig, PgSource
 
 log = logging.getLogger(__name__)
 
@@ -34,74 +43,41 @@ REASONS = ("timeout", "schema", "permission", "sql_error", "no_value", "non_nume
 SOURCE_REASONS = ("connect", "auth")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 RESERVED_LABELS = {"source", "check", "job", "instance"}
-MAX_LABEL_LENGTH = 200
 
 
-@dataclass(frozen=True)
-class Check:
-    name: str
-    sql: str
-    interval: float
-    timeout: float
-    max_rows: int
+@dataclass(frozen=True, kw_only=True)
+class Check(Checked):
+    name: str = value("The check's name: the `check` label.", name)
+    sql: str = value("One `SELECT` with a numeric column `value`; every other column is a"
+                     " label.", string)
+    interval: float = value("How often the check runs, at least the source's interval"
+                            " (default: the source's).", positive_duration, shown_default="the"
+                            " source's")
+    timeout: float = value("The check's statement timeout, at most the source's (default:"
+                           " the source's).", positive_duration, shown_default="the source's")
+    max_rows: int = value("Rows the check may return (default: the source's `max_rows`).",
+                          positive_int, shown_default="the source's")
+
+    def check(self, node: Node, parent: dict) -> None:
+        interval, timeout = parent.get("interval"), parent.get("timeout")
+        if self.interval and interval and self.interval < interval:
+            node.problem("interval", f"must not be shorter than the source's interval "
+                                     f"({interval:g}s): checks run at most once a poll")
+        if self.timeout and timeout and self.timeout > timeout:
+            node.problem("timeout", f"must not exceed the source's timeout ({timeout:g}s),"
+                                    " the deadline of a poll")
 
 
-@dataclass(frozen=True)
-class ChecksConfig(SourceConfig):
-    dsn: Secret | None = None
-    checks: tuple[Check, ...] = ()
-    max_rows: int = 100
-    max_label_values: int = 100
-
-    def secrets(self) -> list[str]:
-        return dsn_secrets(self.dsn)
-
-
-def read_check(node: Node, common: dict, max_rows: int) -> Check | None:
-    interval = node.get("interval", positive_duration, common["interval"])
-    timeout = node.get("timeout", positive_duration, common["timeout"])
-    if interval and common["interval"] and interval < common["interval"]:
-        node.problem("interval", f"must not be shorter than the source's interval "
-                                 f"({common['interval']:g}s): checks run at most once a poll")
-    if timeout and common["timeout"] and timeout > common["timeout"]:
-        node.problem("timeout", f"must not exceed the source's timeout ({common['timeout']:g}s),"
-                                " the deadline of a poll")
-    check = Check(
-        name=node.get("name", name),
-        sql=node.get("sql"),
-        interval=interval,
-        timeout=timeout,
-        max_rows=node.get("max_rows", positive_int, max_rows),
-    )
-    node.finish()
-    return check if check.name and check.sql else None
-
-
-def parse_config(node: Node, common: dict) -> ChecksConfig:
-    max_rows = node.get("max_rows", positive_int, 100)
-    raw = node.get("checks", lambda value: value)
-    checks: list[Check] = []
-    if raw is not None and (not isinstance(raw, list) or not raw):
-        node.problem("checks", "expected a non-empty list of checks")
-        raw = []
-    for i, item in enumerate(raw or []):
-        path = f"{node.where('checks')}[{i}]"
-        if not isinstance(item, dict):
-            node.problems.append(f"{path}: expected a mapping with name and sql")
-            continue
-        check = read_check(Node(item, path, node.problems, node.base_dir), common, max_rows)
-        if check is None:
-            continue
-        if check.name in {c.name for c in checks}:
-            node.problems.append(f"{path}.name: duplicate check name {check.name!r}")
-        checks.append(check)
-    return ChecksConfig(
-        **common,
-        dsn=read_dsn(node),
-        checks=tuple(checks),
-        max_rows=max_rows,
-        max_label_values=node.get("max_label_values", positive_int, 100),
-    )
+@dataclass(frozen=True, kw_only=True)
+class ChecksConfig(PgConfig):
+    max_rows: int = value("Rows a check may return, for every check that sets none.",
+                          positive_int, 100)
+    max_label_values: int = value(
+        "Distinct values per label column and check; the rest are folded into `other`.",
+        positive_int, 100)
+    checks: tuple[Check, ...] = section_list(
+        Check, "The checks.", required=True, inherit=("interval", "timeout", "max_rows"),
+        unique="name", noun="check", hint=" with name and sql")
 
 
 class CheckError(Exception):
@@ -124,6 +100,7 @@ class ChecksSnapshot:
 
 
 class ChecksSource(PgSource):
+    config_type = ChecksConfig
     specs = (m.CHECK_VALUE, m.CHECK_UP, m.CHECK_ERRORS, m.CHECK_DURATION)
 
     def __init__(self, config: ChecksConfig):
@@ -146,9 +123,8 @@ class ChecksSource(PgSource):
         # when the scheduler's ticks come a little early.
         return last is None or now - last >= check.interval - self.config.interval / 2
 
-    def poll(self) -> ChecksSnapshot:
+    def poll(self, deadline: float) -> ChecksSnapshot:
         started = time.monotonic()
-        deadline = started + self.config.timeout
         due = [c for c in self.config.checks if self._due(c, started)]
         if due:
             with self.session.transaction(deadline) as cur:  # unreachable: the poll fails
@@ -243,6 +219,10 @@ class ChecksSource(PgSource):
             families(m.FOLDED_LABEL_VALUES).add_metric(
                 [self.name, f"{check_name}.{column}"], len(cap.folded))
 
+    def failed_measurements(self, snapshot: ChecksSnapshot) -> list[str]:
+        return [f"check {check} failed" for check, result in sorted(snapshot.results.items())
+                if not result.up]
+
     def describe(self) -> dict:
         return {"target": describe_dsn(self.config.dsn),
                 "checks": [c.name for c in self.config.checks]}
@@ -270,8 +250,7 @@ def _parse_row(row: dict) -> tuple[tuple[tuple[str, str], ...], float]:
 def _label_text(value) -> str:
     if value is None:
         return ""
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return text[:MAX_LABEL_LENGTH]
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 def _short(value) -> str:

@@ -5,6 +5,10 @@ killed with its whole process group. Up when it exits 0 in time; the version is 
 output with a regex. Scratch directories: writable (a temp file created and deleted), the regular
 files under it (count, bytes, older than `old_after`; a bounded walk), and the filesystem's free
 space. Like the storage probe, a broken tool or directory is a measurement, not a failed poll.
+
+A poll ends by its deadline: tools run least recently run first, each until its own timeout or
+the deadline (then `timeout`); one the deadline leaves no time for fails as `deadline` and goes
+first at the next poll.
 """
 
 from __future__ import annotations
@@ -22,20 +26,23 @@ from contextlib import suppress
 from dataclasses import dataclass
 
 from pipemon import metrics as m
-from pipemon.config import (
+from pipemon.schema import (
+    Checked,
     Node,
-    SourceConfig,
+    described,
     name,
     positive_duration,
     positive_int,
+    section_list,
     string,
     string_list,
+    value,
 )
-from pipemon.sources.base import Source
+from pipemon.sources.base import Source, SourceConfig
 
 log = logging.getLogger(__name__)
 
-TOOL_REASONS = ("timeout", "not_found", "permission", "exit_code", "exec_error")
+TOOL_REASONS = ("timeout", "not_found", "permission", "exit_code", "exec_error", "deadline")
 SCRATCH_REASONS = ("missing", "not_a_directory", "permission", "read_only", "no_space",
                    "io_error")
 DEFAULT_VERSION_REGEX = r"version\s+(\S+)"
@@ -44,30 +51,10 @@ MAX_VERSION_LENGTH = 64
 UNKNOWN_VERSION = "unknown"
 
 
-@dataclass(frozen=True)
-class Tool:
-    name: str
-    command: tuple[str, ...]
-    version_regex: re.Pattern
-    timeout: float
-
-
-@dataclass(frozen=True)
-class Scratch:
-    path: str
-    old_after: float = 86400.0
-    max_entries: int = 100_000
-
-
-@dataclass(frozen=True)
-class HostConfig(SourceConfig):
-    tools: tuple[Tool, ...] = ()
-    scratch: tuple[Scratch, ...] = ()
-
-
 # --- config ---
 
 
+@described("regular expression")
 def regex(value) -> re.Pattern:
     text = string(value)
     try:
@@ -76,6 +63,7 @@ def regex(value) -> re.Pattern:
         raise ValueError(f"invalid regular expression: {err}") from None
 
 
+@described("absolute path")
 def absolute_path(value) -> str:
     text = string(value)
     if not os.path.isabs(text):
@@ -83,41 +71,50 @@ def absolute_path(value) -> str:
     return os.path.normpath(text)
 
 
-def read_tool(node: Node, source_timeout: float) -> Tool:
-    timeout = node.get("timeout", positive_duration, source_timeout)
-    if timeout and source_timeout and timeout > source_timeout:
-        node.problem("timeout", f"must not exceed the source's timeout ({source_timeout:g}s)")
-    tool = Tool(
-        name=node.get("name", name),
-        command=node.get("command", string_list),
-        version_regex=node.get("version_regex", regex, re.compile(DEFAULT_VERSION_REGEX)),
-        timeout=timeout,
-    )
-    node.finish()
-    return tool
+@dataclass(frozen=True, kw_only=True)
+class Tool(Checked):
+    name: str = value("The tool's name: the `tool` label.", name)
+    command: tuple[str, ...] = value("The command and its arguments, run without a shell.",
+                                     string_list)
+    version_regex: re.Pattern = value(
+        "Searched in the output: its first group (else the match) is the `version` label.",
+        regex, re.compile(DEFAULT_VERSION_REGEX), shown_default=f"`{DEFAULT_VERSION_REGEX}`")
+    timeout: float = value("Killed (with its process group) if still running after this,"
+                           " at most the source's timeout.", positive_duration,
+                           shown_default="the source's")
+
+    def check(self, node: Node, parent: dict) -> None:
+        limit = parent.get("timeout")
+        if self.timeout and limit and self.timeout > limit:
+            node.problem("timeout", f"must not exceed the source's timeout ({limit:g}s)")
 
 
-def read_scratch(node: Node) -> Scratch:
-    scratch = Scratch(
-        path=node.get("path", absolute_path),
-        old_after=node.get("old_after", positive_duration, 86400.0),
-        max_entries=node.get("max_entries", positive_int, 100_000),
-    )
-    node.finish()
-    return scratch
+@dataclass(frozen=True, kw_only=True)
+class Scratch(Checked):
+    path: str = value("The directory.", absolute_path)
+    old_after: float = value("Files last modified longer ago count as old.", positive_duration,
+                             86400.0)
+    max_entries: int = value("Directory entries the walk visits at most.", positive_int,
+                             100_000)
 
 
-def parse_config(node: Node, common: dict) -> HostConfig:
-    tools = [read_tool(item, common["timeout"]) for item in node.items("tools")]
-    scratch = [read_scratch(item) for item in node.items("scratch")]
-    if not tools and not scratch and not node.has("tools") and not node.has("scratch"):
-        node.problem("tools", "set tools, scratch or both")
-    for key, names in (("tools", [t.name for t in tools]), ("scratch", [s.path for s in scratch])):
-        duplicates = sorted({n for n in names if n and names.count(n) > 1})
-        if duplicates:
-            node.problem(key, f"duplicate {'names' if key == 'tools' else 'paths'}: "
-                              f"{', '.join(duplicates)}")
-    return HostConfig(**common, tools=tuple(tools), scratch=tuple(scratch))
+@dataclass(frozen=True, kw_only=True)
+class HostConfig(SourceConfig):
+    tools: tuple[Tool, ...] = section_list(Tool, "Commands run every poll.",
+                                           inherit=("timeout",))
+    scratch: tuple[Scratch, ...] = section_list(Scratch, "Scratch directories to check.")
+
+    def check(self, node: Node, parent: dict) -> None:
+        super().check(node, parent)
+        if not self.tools and not self.scratch and not node.has("tools") \
+                and not node.has("scratch"):
+            node.problem("tools", "set tools, scratch or both")
+        for key, names in (("tools", [t.name for t in self.tools]),
+                           ("scratch", [s.path for s in self.scratch])):
+            duplicates = sorted({n for n in names if n and names.count(n) > 1})
+            if duplicates:
+                node.problem(key, f"duplicate {'names' if key == 'tools' else 'paths'}: "
+                                  f"{', '.join(duplicates)}")
 
 
 # --- tools ---
@@ -132,8 +129,14 @@ class ToolResult:
     message: str = ""
 
 
-def run_tool(tool: Tool) -> ToolResult:
+def run_tool(tool: Tool, deadline: float) -> ToolResult:
+    """Run the tool until its own timeout or the poll's deadline, whichever comes first."""
     started = time.monotonic()
+    remaining = deadline - started
+    if remaining <= 0:
+        return ToolResult(False, 0.0, reason="deadline",
+                          message="the poll's deadline passed before the tool could run")
+    cut_by_deadline = remaining < tool.timeout - 0.1  # not just the first tool's own start
     try:
         # A session of its own, so that a timeout kills the command's children too.
         proc = subprocess.Popen(tool.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -149,11 +152,12 @@ def run_tool(tool: Tool) -> ToolResult:
                           message=f"{tool.command[0]}: {err.strerror}")
     with proc:
         try:
-            output, _ = proc.communicate(timeout=tool.timeout)
+            output, _ = proc.communicate(timeout=min(tool.timeout, remaining))
         except subprocess.TimeoutExpired:
             _kill(proc)
+            limit = "the poll's deadline" if cut_by_deadline else f"{tool.timeout:g}s"
             return ToolResult(False, time.monotonic() - started, reason="timeout",
-                              message=f"no exit within {tool.timeout:g}s: killed")
+                              message=f"no exit within {limit}: killed")
     duration = time.monotonic() - started
     text = output[:MAX_OUTPUT_SCANNED].decode("utf-8", errors="replace")
     if proc.returncode != 0:
@@ -270,6 +274,7 @@ class HostSnapshot:
 
 
 class HostSource(Source):
+    config_type = HostConfig
     specs = (m.HOST_TOOL_UP, m.HOST_TOOL_DURATION, m.HOST_TOOL_INFO, m.HOST_TOOL_FAILURES,
              m.HOST_SCRATCH_WRITABLE, m.HOST_SCRATCH_BYTES, m.HOST_SCRATCH_FILES,
              m.HOST_SCRATCH_OLD_FILES, m.HOST_SCRATCH_WALK_TRUNCATED, m.HOST_SCRATCH_FREE_BYTES,
@@ -287,24 +292,41 @@ class HostSource(Source):
         for scratch in config.scratch:
             for reason in SCRATCH_REASONS:
                 self._scratch_errors.ensure((scratch.path, reason))
+        self._last_run: dict[str, float] = {}  # tool -> monotonic start of its last run
 
-    def poll(self) -> HostSnapshot:
+    def poll(self, deadline: float) -> HostSnapshot:
         tools = {}
-        for tool in self.config.tools:
-            result = tools[tool.name] = run_tool(tool)
+        # Least recently run first: a tool the deadline cut off last time goes first now.
+        not_run = []
+        for tool in sorted(self.config.tools, key=lambda t: self._last_run.get(t.name, -1.0)):
+            result = tools[tool.name] = run_tool(tool, deadline)
+            if result.reason == "deadline":
+                not_run.append(tool.name)
+            else:
+                self._last_run[tool.name] = time.monotonic()
+                if not result.up:
+                    self._failed("tool", tool.name, result.reason, result.message)
             if not result.up:
-                self._failed("tool", tool.name, result.reason, result.message)
                 with self._lock:
                     self._tool_failures.inc((tool.name, result.reason))
+        if not_run:
+            log.warning("source %s: %d tools not run, the poll's deadline had passed (they go"
+                        " first next time): %s", self.name, len(not_run), ", ".join(not_run),
+                        extra={"source": self.name, "reason": "deadline"})
         scratch = {}
         for item in self.config.scratch:
-            result = scratch[item.path] = check_scratch(
-                item, time.monotonic() + self.config.timeout)
+            result = scratch[item.path] = check_scratch(item, deadline)
             if result.reason:
                 self._failed("scratch directory", item.path, result.reason, "not writable")
                 with self._lock:
                     self._scratch_errors.inc((item.path, result.reason))
         return HostSnapshot(tools, scratch)
+
+    def failed_measurements(self, snapshot: HostSnapshot) -> list[str]:
+        return [*(f"tool {name}: {r.reason}: {r.message}"
+                  for name, r in sorted(snapshot.tools.items()) if not r.up),
+                *(f"scratch directory {path}: {r.reason}"
+                  for path, r in sorted(snapshot.scratch.items()) if r.reason)]
 
     def _failed(self, what: str, which: str, reason: str, message: str) -> None:
         log.warning("source %s: %s %s failed (%s): %s", self.name, what, which, reason, message,

@@ -1,38 +1,52 @@
-"""The part every PostgreSQL-backed source shares: its session and what it shows of it."""
+"""The part every PostgreSQL-backed source shares: its DSN, its session and what it shows."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from pipemon.config import Node, Secret
 from pipemon.db import DB_ERROR_REASONS, PgSession, describe_dsn, dsn_secrets
 from pipemon.errors import redact
-from pipemon.sources.base import Source
+from pipemon.schema import secret
+from pipemon.secret import Secret
+from pipemon.sources.base import Source, SourceConfig
 
 
-def read_dsn(node: Node) -> Secret | None:
-    """`dsn` or `dsn_file`, checked for syntax now rather than at the first poll."""
-    dsn = node.secret("dsn")
-    if dsn is not None:
-        try:
-            conninfo_to_dict(dsn.reveal())
-        except psycopg.ProgrammingError as err:
-            node.problem("dsn", f"invalid DSN: {redact(str(err), dsn_secrets(dsn))}")
-    return dsn
+def valid_dsn(dsn: Secret) -> None:
+    """Checked for syntax now rather than at the first poll; the error shows no password."""
+    try:
+        conninfo_to_dict(dsn.reveal())
+    except psycopg.ProgrammingError as err:
+        raise ValueError(f"invalid DSN: {redact(str(err), dsn_secrets(dsn))}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PgConfig(SourceConfig):
+    dsn: Secret = secret(
+        "libpq connection string or URL of the database; pipemon only reads it, in"
+        " read-only transactions.", validate=valid_dsn)
+
+    def secrets(self) -> list[str]:
+        return dsn_secrets(self.dsn)
 
 
 class PgSource(Source):
-    """A source that reads one table (or view, or subquery) through one read-only session."""
+    """A source that reads one database through one read-only session."""
 
+    config_type = PgConfig
     error_reasons = DB_ERROR_REASONS
 
-    def __init__(self, config):
+    def __init__(self, config: PgConfig):
         super().__init__(config)
         self.session = PgSession(config.dsn, config.timeout)
 
     def describe(self) -> dict:
-        return {"target": describe_dsn(self.config.dsn), "table": self.config.table}
+        facts = {"target": describe_dsn(self.config.dsn)}
+        if table := getattr(self.config, "table", None):
+            facts["table"] = table
+        return facts
 
     def interrupt(self) -> None:
         self.session.interrupt()

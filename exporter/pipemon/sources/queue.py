@@ -12,108 +12,101 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pipemon import metrics as m
-from pipemon.config import (
-    Node,
-    Secret,
-    SourceConfig,
+from pipemon.incremental import IncrementalReader
+from pipemon.schema import (
+    Checked,
     duration,
+    mapping,
     name,
     one_of,
     positive_duration,
     positive_int,
+    section,
     string,
     string_list,
+    value,
 )
-from pipemon.db import dsn_secrets
-from pipemon.incremental import IncrementalReader
-from pipemon.sources.pg import PgSource, read_dsn
-from pipemon.sources.presets import PRESETS
-from pipemon.sources.presets.generic import ACTIVE_STATES, OUTCOMES
+from pipemon.sources.jobs import (
+    ACTIVE_STATES,
+    ROWS_PER_PAGE,
+    ROWS_PER_POLL,
+    STATES,
+    JobCounters,
+)
+from pipemon.sources.pg import PgConfig, PgSource
+from pipemon.sources.presets.base import Preset
+from pipemon.sources.presets.generic import GenericPreset
+from pipemon.sources.presets.graphile_worker import GraphileWorkerPreset
+from pipemon.sources.presets.pgboss import PgBossPreset
+from pipemon.sources.presets.procrastinate import ProcrastinatePreset
 
 log = logging.getLogger(__name__)
 
-STATES = ACTIVE_STATES + OUTCOMES
+# `preset:` -> how that library's tables are read. A new library is one module and one line.
+PRESETS: dict[str, type[Preset]] = {
+    "generic": GenericPreset,
+    "procrastinate": ProcrastinatePreset,
+    "pgboss": PgBossPreset,
+    "graphile_worker": GraphileWorkerPreset,
+}
 MAX_RAW_STATES = 20
-GENERIC_ONLY = ("table", "columns", "states")
+# The keys that map a table of your own; a library preset knows its tables.
+GENERIC_ONLY = ("preset", "generic", ": the preset knows its schema")
 
 
-@dataclass(frozen=True)
-class QueueColumns:
-    id: str
-    state: str
-    created_at: str
-    finished_at: str
-    queue: str | None = None
-    available_at: str | None = None
-    started_at: str | None = None
+@dataclass(frozen=True, kw_only=True)
+class QueueColumns(Checked):
+    id: str = value("Unique id of a job.")
+    state: str = value("The job's state, mapped to pipemon's by `states`.")
+    created_at: str = value("When the job was enqueued.")
+    finished_at: str = value("When the job reached a final state.")
+    queue: str | None = value("The job's queue (none: every job is in `default_queue`).",
+                              string, None)
+    available_at: str | None = value(
+        "When the job may run (scheduled until then; none: when created).", string, None)
+    started_at: str | None = value(
+        "When the job's attempt started (none: no run or wait times, no stuck jobs).",
+        string, None)
 
 
-@dataclass(frozen=True)
-class QueueConfig(SourceConfig):
-    dsn: Secret | None = None
-    preset: str = "generic"
-    schema: str | None = None
-    table: str = ""
-    columns: QueueColumns | None = None
-    states: dict[str, str] = field(default_factory=dict)
-    stuck_after: float = 1800.0
-    late_commit_window: float = 120.0
-    queues: tuple[str, ...] = ()
-    default_queue: str = "default"
-    max_queues: int = 100
-    forget_idle_queues_after: float = 3600.0
-    unmapped_check_interval: float = 300.0
-    page_size: int = 5000
-    max_rows_per_poll: int = 50000
-
-    def secrets(self) -> list[str]:
-        return dsn_secrets(self.dsn)
-
-
-def read_queue_columns(node: Node) -> QueueColumns | None:
-    cols = node.child("columns")
-    if cols is None:
-        return None
-    required = {k: cols.get(k) for k in ("id", "state", "created_at", "finished_at")}
-    optional = {k: cols.get(k, string, None) for k in ("queue", "available_at", "started_at")}
-    cols.finish()
-    return QueueColumns(**required, **optional)
-
-
-def parse_config(node: Node, common: dict) -> QueueConfig:
-    preset = node.get("preset", one_of(*PRESETS), "generic")
-    if preset == "generic":
-        generic = {
-            "table": node.get("table"),
-            "columns": read_queue_columns(node),
-            "states": node.mapping("states", one_of(*STATES), default={s: s for s in STATES}),
-        }
-    else:
-        generic = {}
-        for key in GENERIC_ONLY:
-            if node.has(key):
-                node.get(key, lambda v: v)
-                node.problem(key, f"not used with preset {preset}: the preset knows its schema")
-    return QueueConfig(
-        **common,
-        **generic,
-        preset=preset,
-        schema=node.get("schema", name, None),
-        dsn=read_dsn(node),
-        stuck_after=node.get("stuck_after", positive_duration, 1800.0),
-        late_commit_window=node.get("late_commit_window", duration, 120.0),
-        queues=node.get("queues", string_list, ()),
-        default_queue=node.get("default_queue", name, "default"),
-        max_queues=node.get("max_queues", positive_int, 100),
-        forget_idle_queues_after=node.get("forget_idle_queues_after", positive_duration, 3600.0),
-        unmapped_check_interval=node.get("unmapped_check_interval", duration, 300.0),
-        page_size=node.get("page_size", positive_int, 5000),
-        max_rows_per_poll=node.get("max_rows_per_poll", positive_int, 50000),
-    )
+@dataclass(frozen=True, kw_only=True)
+class QueueConfig(PgConfig):
+    preset: str = value("The queue library whose tables are read, or `generic` for a table of"
+                        " your own.", one_of(*PRESETS), "generic")
+    table: str = value("`generic`: the job table, view or parenthesised subquery.",
+                       string, only_when=GENERIC_ONLY)
+    columns: QueueColumns = section(QueueColumns, "`generic`: the job table's columns.",
+                                    required=True, only_when=GENERIC_ONLY)
+    states: dict[str, str] = mapping(
+        "`generic`: raw state value -> pipemon state (one of"
+        f" {', '.join(STATES)}); raw states not listed are not read, and counted in"
+        " `pipemon_queue_unmapped_jobs`.", one_of(*STATES), {s: s for s in STATES},
+        shown_default="each pipemon state to itself", only_when=GENERIC_ONLY)
+    db_schema: str | None = value(
+        "PostgreSQL schema of the library's tables (default: the library's own, e.g."
+        " `pgboss`; procrastinate: the search path).", name, None, key="schema")
+    stuck_after: float = value("A job running for longer is stuck (`pipemon_queue_stuck_jobs`).",
+                               positive_duration, 1800.0)
+    late_commit_window: float = value(
+        "How far back each poll looks again for jobs committed late.", duration, 120.0)
+    queues: tuple[str, ...] = value("Only these queues; each is exported even while empty.",
+                                    string_list, (), shown_default="all")
+    default_queue: str = value("The queue name of jobs without one.", name, "default")
+    max_queues: int = value("Distinct queue names exported at most; later ones are `other`.",
+                            positive_int, 100)
+    forget_idle_queues_after: float = value(
+        "A queue without jobs for this long leaves the gauges.", positive_duration, 3600.0)
+    unmapped_check_interval: float = value(
+        "`generic`: how often to look for raw states missing from `states` (0s: never).",
+        duration, 300.0)
+    page_size: int = value("Rows per page of an incremental read.", positive_int, ROWS_PER_PAGE)
+    max_rows_per_poll: int = value(
+        "Rows read per poll at most; a burst is caught up over the next polls.", positive_int,
+        ROWS_PER_POLL)
 
 
 @dataclass(frozen=True)
@@ -126,6 +119,7 @@ class QueueSnapshot:
 
 
 class QueueSource(PgSource):
+    config_type = QueueConfig
     specs = (m.QUEUE_JOBS, m.QUEUE_OLDEST_WAITING, m.QUEUE_STUCK, m.QUEUE_FINISHED,
              m.QUEUE_RUN_SECONDS, m.QUEUE_WAIT_SECONDS, m.QUEUE_UNMAPPED,
              m.QUEUE_PERMANENTLY_FAILED)
@@ -133,27 +127,25 @@ class QueueSource(PgSource):
     def __init__(self, config: QueueConfig):
         super().__init__(config)
         self.config: QueueConfig = config
-        self.schema = PRESETS[config.preset](config)
-        self.schema_version: str | None = None
+        self.preset = PRESETS[config.preset](config)
+        self.schema_version: str | None = None  # the library's, as the preset found it
         self.queue_cap = m.LabelCap(config.max_queues)
         self.raw_state_cap = m.LabelCap(MAX_RAW_STATES)
         self._lock = threading.Lock()
-        self._finished = m.CounterSet()
-        self._run_seconds = m.HistogramSet(m.JOB_SECONDS_BUCKETS)
-        self._wait_seconds = m.HistogramSet(m.JOB_SECONDS_BUCKETS)
+        self._jobs = JobCounters(self.preset.has_finished, self.preset.has_started)
         self._last_active: dict[str, datetime] = {}
         self._unmapped: dict[str, int] = {}
         self._unmapped_checked_at: float | None = None
         window, page, cap = config.late_commit_window, config.page_size, config.max_rows_per_poll
         self.finished_reader = self.started_reader = None
-        if self.schema.has_finished:
+        if self.preset.has_finished:
             self.finished_reader = IncrementalReader(
-                f"{self.name}/finished", self.schema.finished_sql, window, page, cap,
-                floor_sql=self.schema.id_floor_sql())
-        if self.schema.has_started:
+                f"{self.name}/finished", self.preset.finished_sql, window, page, cap,
+                floor_sql=self.preset.id_floor_sql())
+        if self.preset.has_started:
             self.started_reader = IncrementalReader(
-                f"{self.name}/started", self.schema.started_sql, window, page, cap,
-                floor_sql=self.schema.id_floor_sql())
+                f"{self.name}/started", self.preset.started_sql, window, page, cap,
+                floor_sql=self.preset.id_floor_sql())
         self._configured_queues = [self.queue_cap(q) for q in config.queues]
         for queue in self._configured_queues:
             self._touch(queue, None)
@@ -165,19 +157,18 @@ class QueueSource(PgSource):
         return interval > 0 and (self._unmapped_checked_at is None
                                  or time.monotonic() - self._unmapped_checked_at >= interval)
 
-    def poll(self) -> QueueSnapshot:
+    def poll(self, deadline: float) -> QueueSnapshot:
         cfg = self.config
-        deadline = time.monotonic() + cfg.timeout
         check_unmapped = self._unmapped_due()
         with self.session.transaction(deadline) as cur:
             db_now = cur.rows("SELECT now()")[0][0]
-            version = self.schema.detect(cur)
-            active = cur.rows(self.schema.active_sql(), {"stuck": cfg.stuck_after})
+            version = self.preset.detect(cur)
+            active = cur.rows(self.preset.active_sql(), {"stuck": cfg.stuck_after})
             finished = self.finished_reader.read(cur, db_now) if self.finished_reader else []
             started = self.started_reader.read(cur, db_now) if self.started_reader else []
-            unmapped = self.schema.unmapped(cur) if check_unmapped else None
+            unmapped = self.preset.unmapped(cur) if check_unmapped else None
         if version != self.schema_version:
-            log.info("%s: %s schema version %s", self.name, self.schema.name, version)
+            log.info("%s: %s schema version %s", self.name, self.preset.name, version)
             self.schema_version = version
         with self._lock:
             snapshot = self._apply(db_now, active, finished, started, unmapped)
@@ -193,13 +184,7 @@ class QueueSource(PgSource):
         """Remember `queue` as active at `at`, and give it zeroed counters."""
         if at is not None:
             self._last_active[queue] = max(at, self._last_active.get(queue, at))
-        if self.finished_reader:
-            for outcome in OUTCOMES:
-                self._finished.ensure((queue, outcome))
-                if self.started_reader:
-                    self._run_seconds.ensure((queue, outcome))
-        if self.started_reader:
-            self._wait_seconds.ensure((queue,))
+        self._jobs.ensure(queue)
 
     def _apply(self, db_now, active, finished, started, unmapped) -> QueueSnapshot:
         jobs: dict[tuple[str, str], int] = {}
@@ -218,14 +203,11 @@ class QueueSource(PgSource):
         for _id, ts, raw_queue, outcome, run_seconds in finished:
             queue = self._queue(raw_queue)
             self._touch(queue, ts)
-            self._finished.inc((queue, outcome))
-            if run_seconds is not None and self.started_reader:
-                self._run_seconds.observe((queue, outcome), run_seconds)
+            self._jobs.finished(queue, outcome, run_seconds)
         for _id, ts, raw_queue, wait_seconds in started:
             queue = self._queue(raw_queue)
             self._touch(queue, ts)
-            if wait_seconds is not None:
-                self._wait_seconds.observe((queue,), wait_seconds)
+            self._jobs.started(queue, wait_seconds)
         if unmapped is not None:
             self._record_unmapped(unmapped)
         # Queues seen recently (or configured) are exported with every state, zeros included.
@@ -252,7 +234,6 @@ class QueueSource(PgSource):
     # --- exposition ---
 
     def collect(self, families: m.Families, snapshot: QueueSnapshot | None) -> None:
-        src = (self.name,)
         if snapshot is not None:
             for (queue, state), value in sorted(snapshot.jobs.items()):
                 families(m.QUEUE_JOBS).add_metric([self.name, queue, state], value)
@@ -261,21 +242,19 @@ class QueueSource(PgSource):
                                  (m.QUEUE_UNMAPPED, snapshot.unmapped)):
                 for label, value in sorted(values.items()):
                     families(spec).add_metric([self.name, label], value)
-            if not self.schema.has_finished:  # only libraries that keep failed jobs have these
+            if not self.preset.has_finished:  # only libraries that keep failed jobs have these
                 for queue, value in sorted(snapshot.permanently_failed.items()):
                     families(m.QUEUE_PERMANENTLY_FAILED).add_metric([self.name, queue], value)
         with self._lock:
-            self._finished.emit(families(m.QUEUE_FINISHED), src)
-            self._run_seconds.emit(families(m.QUEUE_RUN_SECONDS), src)
-            self._wait_seconds.emit(families(m.QUEUE_WAIT_SECONDS), src)
+            self._jobs.emit(families, self.name)
         for label, cap in (("queue", self.queue_cap), ("raw_state", self.raw_state_cap)):
             families(m.FOLDED_LABEL_VALUES).add_metric([self.name, label], len(cap.folded))
 
     def describe(self) -> dict:
-        facts = {**super().describe(), "preset": self.schema.name,
+        facts = {**super().describe(), "preset": self.preset.name,
                  "schema_version": self.schema_version}
         if self.config.preset != "generic":
-            facts["table"] = f"{self.schema.name} schema"
-        if self.schema.missing:
-            facts["missing"] = self.schema.missing
+            facts["table"] = f"{self.preset.name} schema"
+        if self.preset.missing:
+            facts["missing"] = self.preset.missing
         return facts

@@ -10,6 +10,10 @@ A failed probe is a measurement, not a failed poll: `pipemon_storage_probe_succe
 stays 1. Were an unreachable endpoint a failed poll, the success gauge would vanish exactly when
 storage is down, and the probe-failing alert and the storage availability SLO (both read that
 gauge) would miss the worst outage. The poll itself fails only on a bug (`internal`).
+
+The probe's calls (and the inventory's) share the poll's deadline, as a blackbox_exporter probe
+shares its context: a call still running at the deadline counts as a `timeout` and is left to
+end by its own connect and read timeouts off the poll's thread, so the poll ends on time.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -41,19 +47,23 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from pipemon import metrics as m
-from pipemon.config import (
+from pipemon.errors import redact
+from pipemon.schema import (
+    Checked,
     Node,
-    Secret,
-    SourceConfig,
     boolean,
+    described,
     one_of,
     positive_duration,
     positive_int,
+    secret,
+    section,
     string,
     string_list,
+    value,
 )
-from pipemon.errors import redact
-from pipemon.sources.base import Source
+from pipemon.secret import Secret
+from pipemon.sources.base import Source, SourceConfig
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +79,8 @@ CLEANUPS_PER_POLL = 10
 # A put that timed out may still land later (held by a slow endpoint or a proxy), after the
 # cleanup deleted its key: delete it again after each good probe for this long.
 LATE_WRITE_SECONDS = 120.0
+# S3 calls left running past the poll's deadline end by their own timeouts; a few may overlap.
+CALL_THREADS = 2
 
 AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
               "InvalidToken", "TokenRefreshRequired", "AllAccessDisabled", "Unauthorized",
@@ -82,27 +94,64 @@ TIMEOUT_CODES = {"RequestTimeout", "RequestTimeoutException"}
 # --- config ---
 
 
-@dataclass(frozen=True)
-class InventoryConfig:
-    prefixes: tuple[str, ...]
-    interval: float = 600.0
-    max_pages: int = 100
-    page_size: int = 1000
+@described("http:// or https:// URL")
+def endpoint(value) -> str:
+    text = string(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
+    return text
 
 
-@dataclass(frozen=True)
+@described("integer 1-1000")
+def page_size(value) -> int:
+    number = positive_int(value)
+    if number > 1000:
+        raise ValueError(f"S3 returns at most 1000 keys per page, got {number}")
+    return number
+
+
+@dataclass(frozen=True, kw_only=True)
+class InventoryConfig(Checked):
+    prefixes: tuple[str, ...] = value("Key prefixes to count objects and bytes under.",
+                                      string_list)
+    interval: float = value("How often the inventory runs (in the poll that comes due).",
+                            positive_duration, 600.0)
+    max_pages: int = value("List pages per prefix at most; past it the counts are lower bounds.",
+                           positive_int, 100)
+    page_size: int = value("Keys per list page.", page_size, 1000)
+
+
+@dataclass(frozen=True, kw_only=True)
 class StorageConfig(SourceConfig):
-    bucket: str = ""
-    endpoint_url: str | None = None
-    region: str = "auto"
-    addressing_style: str = "path"
-    access_key_id: Secret | None = None
-    secret_access_key: Secret | None = None
-    session_token: Secret | None = None
-    probe_prefix: str = "pipemon-probe/"
-    read_only: bool = False
-    max_attempts: int = 2
-    inventory: InventoryConfig | None = None
+    bucket: str = value("The bucket to probe.")
+    endpoint_url: str | None = value(
+        "S3 endpoint, e.g. `https://<account>.r2.cloudflarestorage.com` (none: AWS).",
+        endpoint, None)
+    region: str = value("Signing region (R2: `auto`).", string, "auto")
+    addressing_style: str = value("Bucket in the path or in the host name.",
+                                  one_of("path", "virtual", "auto"), "path")
+    access_key_id: Secret | None = secret(
+        "Access key id; leave out both keys for boto3's default credential chain.", required=False)
+    secret_access_key: Secret | None = secret(
+        "Secret access key.", required=False)
+    session_token: Secret | None = secret(
+        "Session token of temporary credentials.", required=False)
+    probe_prefix: str = value("Key prefix of the probe objects.", string, "pipemon-probe/")
+    read_only: bool = value("Probe with head bucket and list instead of put/get/delete.",
+                            boolean, False)
+    max_attempts: int = value("Attempts per S3 call, each with `timeout / max_attempts`.",
+                              positive_int, 2)
+    inventory: InventoryConfig | None = section(
+        InventoryConfig, "Count objects and bytes under prefixes (none: no inventory).")
+
+    def check(self, node: Node, parent: dict) -> None:
+        super().check(node, parent)
+        given = [node.has(key) or node.has(f"{key}_file") for key in CREDENTIAL_KEYS]
+        if given[0] != given[1]:
+            node.problem(CREDENTIAL_KEYS[given.index(False)],
+                         "required when the other key is set (or set neither: boto3's default"
+                         " credential chain is then used)")
 
     def secrets(self) -> list[str]:
         found = (self.access_key_id, self.secret_access_key, self.session_token)
@@ -113,62 +162,15 @@ class StorageConfig(SourceConfig):
         return READ_ONLY_OPERATIONS if self.read_only else WRITE_OPERATIONS
 
 
-def endpoint(value) -> str:
-    text = string(value)
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
-    return text
-
-
-def page_size(value) -> int:
-    number = positive_int(value)
-    if number > 1000:
-        raise ValueError(f"S3 returns at most 1000 keys per page, got {number}")
-    return number
-
-
-def read_inventory(node: Node) -> InventoryConfig | None:
-    inv = node.child("inventory", required=False)
-    if inv is None:
-        return None
-    config = InventoryConfig(
-        prefixes=inv.get("prefixes", string_list),
-        interval=inv.get("interval", positive_duration, 600.0),
-        max_pages=inv.get("max_pages", positive_int, 100),
-        page_size=inv.get("page_size", page_size, 1000),
-    )
-    inv.finish()
-    return config
-
-
-def parse_config(node: Node, common: dict) -> StorageConfig:
-    given = [node.has(key) or node.has(f"{key}_file") for key in CREDENTIAL_KEYS]
-    if given[0] != given[1]:
-        node.problem(CREDENTIAL_KEYS[given.index(False)],
-                     "required when the other key is set (or set neither: boto3's default"
-                     " credential chain is then used)")
-    return StorageConfig(
-        **common,
-        bucket=node.get("bucket"),
-        endpoint_url=node.get("endpoint_url", endpoint, None),
-        region=node.get("region", string, "auto"),
-        addressing_style=node.get("addressing_style", one_of("path", "virtual", "auto"), "path"),
-        access_key_id=node.secret("access_key_id", required=False),
-        secret_access_key=node.secret("secret_access_key", required=False),
-        session_token=node.secret("session_token", required=False),
-        probe_prefix=node.get("probe_prefix", string, "pipemon-probe/"),
-        read_only=node.get("read_only", boolean, False),
-        max_attempts=node.get("max_attempts", positive_int, 2),
-        inventory=read_inventory(node),
-    )
-
-
 # --- errors ---
 
 
 class ChecksumMismatch(Exception):
     """The object read back is not the object written."""
+
+
+class DeadlinePassed(Exception):
+    """The poll's deadline came before the S3 call ended (or could start)."""
 
 
 # What a failed S3 call raises. Anything else is a bug: it fails the poll as `internal`.
@@ -177,7 +179,7 @@ S3_ERRORS = (BotoCoreError, ClientError)
 
 def classify(exc: BaseException) -> str:
     """A short reason label for an S3 call that failed."""
-    if isinstance(exc, ConnectTimeoutError | ReadTimeoutError):
+    if isinstance(exc, ConnectTimeoutError | ReadTimeoutError | DeadlinePassed):
         return "timeout"
     if isinstance(exc, EndpointConnectionError | BotoConnectionError | HTTPClientError |
                   ResponseStreamingError):
@@ -226,6 +228,7 @@ class ProbeFailure:
 
 
 class StorageSource(Source):
+    config_type = StorageConfig
     specs = (m.STORAGE_PROBE_SUCCESS, m.STORAGE_PROBE_DURATION, m.STORAGE_PROBE_FAILURES,
              m.STORAGE_OBJECTS, m.STORAGE_BYTES, m.STORAGE_INVENTORY_TRUNCATED,
              m.STORAGE_INVENTORY_ERRORS)
@@ -235,6 +238,7 @@ class StorageSource(Source):
         self.config: StorageConfig = config
         self._lock = threading.Lock()
         self._client = None
+        self._calls: ThreadPoolExecutor | None = None  # made on first use, like the client
         self._failures = m.CounterSet()
         self._durations = m.HistogramSet(m.STORAGE_SECONDS_BUCKETS)
         for operation in config.operations:
@@ -281,24 +285,42 @@ class StorageSource(Source):
             )
         return self._client
 
+    def _within(self, deadline: float, call: Callable[[], object]) -> object:
+        """Run one S3 call, waiting for it until `deadline` at most. A call still running
+        then is left to end by its own timeouts (connect and read, per attempt), off the
+        poll: the poll ends on time, and the call counts as a timeout."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlinePassed("the poll's deadline passed before the call could start")
+        if self._calls is None:
+            self._calls = ThreadPoolExecutor(CALL_THREADS, thread_name_prefix=f"s3-{self.name}")
+        future = self._calls.submit(call)
+        try:
+            return future.result(timeout=remaining)
+        except FutureTimeout:
+            raise DeadlinePassed("no answer by the poll's deadline") from None
+
     # --- the probe ---
 
-    def poll(self) -> StorageSnapshot:
+    def poll(self, deadline: float) -> StorageSnapshot:
         client = self.client()
-        ok = self._probe_read_only(client) if self.config.read_only else self._probe(client)
+        if self.config.read_only:
+            ok = self._probe_read_only(client, deadline)
+        else:
+            ok = self._probe(client, deadline)
         if ok and self._leftovers:
-            self._clean_up(client)
-        if self.config.inventory and time.monotonic() >= self._inventory_due:
-            self._run_inventory(client)
+            self._clean_up(client, deadline)
+        if self.config.inventory and self._inventory_due <= time.monotonic() < deadline:
+            self._run_inventory(client, deadline)  # else at the next poll with time left
         with self._lock:
             return StorageSnapshot(ok, dict(self._inventory))
 
-    def _step(self, operation: str, call: Callable[[], object]) -> bool:
+    def _step(self, operation: str, deadline: float, call: Callable[[], object]) -> bool:
         """Run one probe operation: its duration when it succeeds, its reason when it fails."""
         started = time.monotonic()
         try:
-            call()
-        except (*S3_ERRORS, ChecksumMismatch) as exc:
+            self._within(deadline, call)
+        except (*S3_ERRORS, ChecksumMismatch, DeadlinePassed) as exc:
             reason = classify(exc)
             message = redact(f"{operation}: {exc}", self.config.secrets())
             with self._lock:
@@ -311,7 +333,7 @@ class StorageSource(Source):
             self._durations.observe((operation,), time.monotonic() - started)
         return True
 
-    def _probe(self, client) -> bool:
+    def _probe(self, client, deadline: float) -> bool:
         bucket = self.config.bucket
         key = f"{self.config.probe_prefix}{uuid.uuid4().hex}"
         body = os.urandom(PROBE_BYTES)
@@ -323,25 +345,33 @@ class StorageSource(Source):
                 if hashlib.sha256(stream.read()).digest() != digest:
                     raise ChecksumMismatch("the object read back differs from the one written")
 
-        if not self._step("put", lambda: client.put_object(Bucket=bucket, Key=key, Body=body)):
+        put = self._step("put", deadline,
+                         lambda: client.put_object(Bucket=bucket, Key=key, Body=body))
+        if not put:
             # The put may have landed even though its answer did not (a read timeout): delete
             # the key later, once the endpoint answers again. A refused connection sent nothing.
             if self.last_failure.reason != "connect":
                 self._remember_leftover(key)
             return False
-        got = self._step("get", get_and_verify)
+        got = self._step("get", deadline, get_and_verify)
+        if not got and time.monotonic() >= deadline:
+            # The probe has failed and the deadline leaves no time to delete: the cleanup
+            # after the next good probe will (a delete that could not run is not measured).
+            self._remember_leftover(key)
+            return False
         # Delete even when the get failed: no probe object is left behind.
-        deleted = self._step("delete", lambda: client.delete_object(Bucket=bucket, Key=key))
+        deleted = self._step("delete", deadline,
+                             lambda: client.delete_object(Bucket=bucket, Key=key))
         if not deleted:
             self._remember_leftover(key)
         if got and deleted:
             self.last_failure = None
         return got and deleted
 
-    def _probe_read_only(self, client) -> bool:
+    def _probe_read_only(self, client, deadline: float) -> bool:
         bucket = self.config.bucket
-        ok = self._step("head", lambda: client.head_bucket(Bucket=bucket)) and self._step(
-            "list", lambda: client.list_objects_v2(
+        ok = self._step("head", deadline, lambda: client.head_bucket(Bucket=bucket)) and \
+            self._step("list", deadline, lambda: client.list_objects_v2(
                 Bucket=bucket, Prefix=self.config.probe_prefix, MaxKeys=1))
         if ok:
             self.last_failure = None
@@ -360,34 +390,29 @@ class StorageSource(Source):
         del self._leftovers[key]
         self._deleted.discard(key)
 
-    def _clean_up(self, client) -> None:
+    def _clean_up(self, client, deadline: float) -> None:
         """Delete probe objects a failed probe may have left (not measured: not a probe), the
         ones never deleted first."""
         now = time.monotonic()
         due = sorted(self._leftovers, key=lambda key: key in self._deleted)
         for key in due[:CLEANUPS_PER_POLL]:
             try:
-                client.delete_object(Bucket=self.config.bucket, Key=key)
-            except S3_ERRORS as exc:
+                self._within(deadline, lambda key=key: client.delete_object(
+                    Bucket=self.config.bucket, Key=key))
+            except (*S3_ERRORS, DeadlinePassed) as exc:
                 log.debug("source %s: cleanup of %s failed: %s", self.name, key, classify(exc))
                 return
             self._deleted.add(key)
             if now - self._leftovers[key] >= LATE_WRITE_SECONDS:
                 self._forget(key)
 
-    @property
-    def leftovers(self) -> list[str]:
-        """Probe keys not deleted yet (not counting those deleted again in case of a late
-        write)."""
-        return [key for key in self._leftovers if key not in self._deleted]
-
     # --- the inventory ---
 
-    def _run_inventory(self, client) -> None:
-        """Count every prefix; on the first error drop the counts and retry at the next poll."""
+    def _run_inventory(self, client, deadline: float) -> None:
+        """Count every prefix; on the first error drop the counts and retry at the next poll.
+        What the poll's deadline leaves no time for is counted at the next poll."""
         inv = self.config.inventory
         started = time.monotonic()
-        deadline = started + self.config.timeout
         counts: dict[str, PrefixCount] = {}
         try:
             for prefix in inv.prefixes:
@@ -404,7 +429,7 @@ class StorageSource(Source):
         for prefix, count in counts.items():
             if count.truncated:
                 log.warning("source %s: inventory of %s stopped after %d objects (max_pages or"
-                            " deadline): counts are lower bounds", self.name, prefix,
+                            " the poll's deadline): counts are lower bounds", self.name, prefix,
                             count.objects)
         with self._lock:
             self._inventory = counts
@@ -415,14 +440,17 @@ class StorageSource(Source):
         objects = size = pages = 0
         request = {"Bucket": self.config.bucket, "Prefix": prefix, "MaxKeys": inv.page_size}
         while True:
-            page = client.list_objects_v2(**request)
+            try:
+                page = self._within(deadline, lambda: client.list_objects_v2(**request))
+            except DeadlinePassed:
+                return PrefixCount(objects, size, truncated=True)
             pages += 1
             for item in page.get("Contents", ()):
                 objects += 1
                 size += item.get("Size", 0)
             if not page.get("IsTruncated"):
                 return PrefixCount(objects, size, truncated=False)
-            if pages >= inv.max_pages or time.monotonic() >= deadline:
+            if pages >= inv.max_pages:
                 return PrefixCount(objects, size, truncated=True)
             request["ContinuationToken"] = page["NextContinuationToken"]
 
@@ -443,6 +471,12 @@ class StorageSource(Source):
             if self.config.inventory:
                 self._inventory_errors.emit(families(m.STORAGE_INVENTORY_ERRORS), src)
 
+    def failed_measurements(self, snapshot: StorageSnapshot) -> list[str]:
+        failure = self.last_failure
+        if snapshot.probe_success or failure is None:
+            return []
+        return [f"storage probe failed: {failure.reason}: {failure.message}"]
+
     def describe(self) -> dict:
         cfg = self.config
         where = urlsplit(cfg.endpoint_url).netloc if cfg.endpoint_url else "aws"
@@ -456,6 +490,9 @@ class StorageSource(Source):
         }
 
     def close(self) -> None:
+        calls, self._calls = self._calls, None
+        if calls is not None:
+            calls.shutdown(wait=False, cancel_futures=True)
         client, self._client = self._client, None
         if client is not None:
             client.close()

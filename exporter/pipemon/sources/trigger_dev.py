@@ -31,45 +31,34 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import urlencode
 
 from pipemon import metrics as m
-from pipemon.config import (
-    Node,
-    Secret,
-    SourceConfig,
+from pipemon.errors import PollError, redact
+from pipemon.schema import (
+    described,
     positive_duration,
     positive_int,
+    secret,
     string,
     string_list,
+    value,
 )
-from pipemon.errors import PollError, redact
-from pipemon.sources.base import Source
+from pipemon.secret import Secret
+from pipemon.sources.base import Source, SourceConfig
+from pipemon.sources.jobs import JobCounters
 
 log = logging.getLogger(__name__)
 
 ACTIVE_STATUSES = ("PENDING_VERSION", "QUEUED", "DEQUEUED", "EXECUTING", "WAITING", "DELAYED")
+# Trigger.dev's final run statuses in pipemon's outcomes (pipemon.sources.jobs.OUTCOMES)
 OUTCOME_OF = {"COMPLETED": "succeeded", "CANCELED": "cancelled", "FAILED": "failed",
               "CRASHED": "failed", "SYSTEM_FAILURE": "failed", "TIMED_OUT": "failed",
               "EXPIRED": "failed"}
-OUTCOMES = ("succeeded", "failed", "cancelled")
 # A run created just before the bound, as the API's clock saw it, must still be listed.
 CLOCK_MARGIN = timedelta(seconds=60)
 ERROR_REASONS = ("connect", "timeout", "auth", "throttled", "server_error", "http_error",
                  "protocol", "internal")
 
 
-@dataclass(frozen=True)
-class TriggerDevConfig(SourceConfig):
-    base_url: str = "https://api.trigger.dev"
-    secret_key: Secret | None = None
-    queues: tuple[str, ...] = ()
-    stuck_after: float = 1800.0
-    page_size: int = 100
-    max_pages: int = 20
-    max_queues: int = 100
-
-    def secrets(self) -> list[str]:
-        return [self.secret_key.reveal()] if self.secret_key else []
-
-
+@described("http:// or https:// URL")
 def _base_url(value) -> str:
     text = string(value).rstrip("/")
     if not text.startswith(("http://", "https://")):
@@ -77,17 +66,22 @@ def _base_url(value) -> str:
     return text
 
 
-def parse_config(node: Node, common: dict) -> TriggerDevConfig:
-    return TriggerDevConfig(
-        **common,
-        base_url=node.get("base_url", _base_url, "https://api.trigger.dev"),
-        secret_key=node.secret("secret_key"),
-        queues=node.get("queues", string_list, ()),
-        stuck_after=node.get("stuck_after", positive_duration, 1800.0),
-        page_size=node.get("page_size", positive_int, 100),
-        max_pages=node.get("max_pages", positive_int, 20),
-        max_queues=node.get("max_queues", positive_int, 100),
-    )
+@dataclass(frozen=True, kw_only=True)
+class TriggerDevConfig(SourceConfig):
+    base_url: str = value("The API: Trigger.dev Cloud, or your self-hosted instance's URL.",
+                          _base_url, "https://api.trigger.dev")
+    secret_key: Secret = secret("The environment's secret API key (`tr_prod_...`).")
+    queues: tuple[str, ...] = value("Only these queues and tasks.", string_list, (),
+                                    shown_default="all")
+    stuck_after: float = value("A run executing for longer is stuck.", positive_duration,
+                               1800.0)
+    page_size: int = value("Items per page of the queues and runs lists.", positive_int, 100)
+    max_pages: int = value("Pages read per list and poll at most.", positive_int, 20)
+    max_queues: int = value("Distinct queue names exported at most; later ones are `other`.",
+                            positive_int, 100)
+
+    def secrets(self) -> list[str]:
+        return [self.secret_key.reveal()] if self.secret_key else []
 
 
 def _time(text: str | None) -> datetime | None:
@@ -170,6 +164,7 @@ class TriggerSnapshot:
 
 
 class TriggerDevSource(Source):
+    config_type = TriggerDevConfig
     specs = (m.QUEUE_JOBS, m.QUEUE_STUCK, m.QUEUE_PAUSED, m.QUEUE_CONCURRENCY_LIMIT,
              m.QUEUE_FINISHED, m.QUEUE_RUN_SECONDS, m.QUEUE_WAIT_SECONDS)
     error_reasons = ERROR_REASONS
@@ -180,9 +175,7 @@ class TriggerDevSource(Source):
         self.api = Api(config)
         self.queue_cap = m.LabelCap(config.max_queues)
         self._lock = threading.Lock()
-        self._finished = m.CounterSet()
-        self._run_seconds = m.HistogramSet(m.JOB_SECONDS_BUCKETS)
-        self._wait_seconds = m.HistogramSet(m.JOB_SECONDS_BUCKETS)
+        self._jobs = JobCounters()
         self._floor: datetime | None = None  # runs finished before pipemon started: not counted
         self._created_bound: datetime | None = None
         self._counted: dict[str, datetime] = {}  # finished run id -> createdAt
@@ -223,11 +216,10 @@ class TriggerDevSource(Source):
                     self.config.max_pages)
         return items, server_now
 
-    def poll(self) -> TriggerSnapshot:
+    def poll(self, deadline: float) -> TriggerSnapshot:
         if time.monotonic() < self.api.not_before:
             wait = self.api.not_before - time.monotonic()
             raise PollError("throttled", f"waiting {wait:.0f}s more, as Retry-After asked")
-        deadline = time.monotonic() + self.config.timeout
         queues = self._queue_list(deadline)
         active, server_now = self._runs(ACTIVE_STATUSES, deadline)
         first_poll = self._floor is None
@@ -246,10 +238,7 @@ class TriggerDevSource(Source):
 
     def _queue(self, name: str) -> str:
         queue = self.queue_cap(name)
-        for outcome in OUTCOMES:
-            self._finished.ensure((queue, outcome))
-            self._run_seconds.ensure((queue, outcome))
-        self._wait_seconds.ensure((queue,))
+        self._jobs.ensure(queue)
         return queue
 
     def _observe_start(self, run: dict, queue: str) -> None:
@@ -258,7 +247,7 @@ class TriggerDevSource(Source):
             return
         self._started[run["id"]] = _time(run["createdAt"])
         ready = max(filter(None, (_time(run["createdAt"]), _time(run.get("delayedUntil")))))
-        self._wait_seconds.observe((queue,), (started - ready).total_seconds())
+        self._jobs.started(queue, (started - ready).total_seconds())
 
     def _apply(self, queues, active, finished, server_now) -> TriggerSnapshot:
         jobs, paused, limits, stuck = {}, {}, {}, {}
@@ -288,11 +277,9 @@ class TriggerDevSource(Source):
                 continue
             queue, outcome = self._queue(run["taskIdentifier"]), OUTCOME_OF[run["status"]]
             self._counted[run["id"]] = _time(run["createdAt"])
-            self._finished.inc((queue, outcome))
             started = _time(run.get("startedAt"))
-            if started is not None:
-                self._run_seconds.observe((queue, outcome),
-                                          (finished_at - started).total_seconds())
+            self._jobs.finished(queue, outcome, None if started is None
+                                else (finished_at - started).total_seconds())
             self._observe_start(run, queue)
         return TriggerSnapshot(jobs, paused, limits, stuck)
 
@@ -311,10 +298,7 @@ class TriggerDevSource(Source):
                 for queue, value in sorted(values.items()):
                     families(spec).add_metric([self.name, queue], value)
         with self._lock:
-            src = (self.name,)
-            self._finished.emit(families(m.QUEUE_FINISHED), src)
-            self._run_seconds.emit(families(m.QUEUE_RUN_SECONDS), src)
-            self._wait_seconds.emit(families(m.QUEUE_WAIT_SECONDS), src)
+            self._jobs.emit(families, self.name)
         families(m.FOLDED_LABEL_VALUES).add_metric([self.name, "queue"],
                                                    len(self.queue_cap.folded))
 

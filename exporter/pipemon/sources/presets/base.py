@@ -20,7 +20,7 @@ from pipemon.db import Cursor, literals
 STUCK_AFTER = sql.SQL("now() - make_interval(secs => %(stuck)s)")
 
 
-class QueueSchema:
+class Preset:
     #: shown on the landing page and /health
     name = "generic"
     #: finished-job counters and run-time histograms can be read
@@ -30,7 +30,7 @@ class QueueSchema:
     #: what the preset cannot export, said on the landing page and /health instead of inventing
     missing: str | None = None
     #: the default PostgreSQL schema of the library's tables
-    default_schema: str | None = None
+    default_db_schema: str | None = None
 
     def __init__(self, config):
         self.config = config
@@ -59,8 +59,14 @@ class QueueSchema:
 
     # --- helpers for presets ---
 
+    @property
+    def db_schema(self) -> str | None:
+        """The PostgreSQL schema of the library's tables: the config's `schema`, else the
+        library's default."""
+        return self.config.db_schema or self.default_db_schema
+
     def table(self, name: str) -> sql.Composable:
-        schema = self.config.schema or self.default_schema
+        schema = self.db_schema
         return sql.Identifier(schema, name) if schema else sql.Identifier(name)
 
     def queue_filter(self, queue_expr: sql.Composable) -> sql.Composable:

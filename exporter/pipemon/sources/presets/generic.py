@@ -8,17 +8,15 @@ from psycopg import sql
 
 from pipemon.db import Cursor, column, literals, relation
 from pipemon.incremental import keyset
-from pipemon.sources.presets.base import STUCK_AFTER, QueueSchema
-
-ACTIVE_STATES = ("scheduled", "waiting", "running", "retrying")
-OUTCOMES = ("succeeded", "failed", "cancelled")
+from pipemon.sources.jobs import ACTIVE_STATES, OUTCOMES
+from pipemon.sources.presets.base import STUCK_AFTER, Preset
 
 RAW = sql.Identifier("raw")  # the raw state column of active_sql's grouped rows
 
 log = logging.getLogger(__name__)
 
 
-class GenericSchema(QueueSchema):
+class GenericPreset(Preset):
     name = "generic"
 
     def __init__(self, config):

@@ -13,22 +13,22 @@ from psycopg import sql
 
 from pipemon.db import Cursor
 from pipemon.errors import PollError
-from pipemon.sources.presets.base import STUCK_AFTER, QueueSchema, aggregate
+from pipemon.sources.presets.base import STUCK_AFTER, Preset, aggregate
 
 # graphile-worker treats a lock older than 4 hours as abandoned and runs the job again.
 LOCK_EXPIRED = sql.SQL("now() - interval '4 hours'")
 
 
-class GraphileWorkerSchema(QueueSchema):
+class GraphileWorkerPreset(Preset):
     name = "graphile_worker"
-    default_schema = "graphile_worker"
+    default_db_schema = "graphile_worker"
     has_finished = False
     has_started = False
     missing = ("finished-job counters and run/wait times: graphile-worker deletes jobs that "
                "succeed; permanently failed jobs are in pipemon_queue_permanently_failed_jobs")
 
     def detect(self, cur: Cursor) -> str:
-        schema = self.config.schema or self.default_schema
+        schema = self.db_schema
         if not cur.rows("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".jobs',))[0][0]:
             raise PollError("schema", f"no graphile-worker schema {schema!r} in this database "
                             "(has the worker run its migrations? is `schema:` right?)")

@@ -14,14 +14,14 @@ from psycopg import sql
 from pipemon.db import Cursor
 from pipemon.errors import PollError
 from pipemon.incremental import keyset
-from pipemon.sources.presets.base import STUCK_AFTER, QueueSchema, aggregate
+from pipemon.sources.presets.base import STUCK_AFTER, Preset, aggregate
 
 OLDEST_SUPPORTED, NEWEST_KNOWN = 21, 46
 
 
-class PgBossSchema(QueueSchema):
+class PgBossPreset(Preset):
     name = "pgboss"
-    default_schema = "pgboss"
+    default_db_schema = "pgboss"
 
     def __init__(self, config):
         super().__init__(config)
@@ -29,7 +29,7 @@ class PgBossSchema(QueueSchema):
         self.where_queue = self.queue_filter(sql.SQL("name"))
 
     def detect(self, cur: Cursor) -> str:
-        schema = self.config.schema or self.default_schema
+        schema = self.db_schema
         if not cur.rows("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".version',))[0][0]:
             raise PollError("schema", f"no pg-boss schema {schema!r} in this database "
                             "(has pg-boss started once? is `schema:` right?)")

@@ -13,14 +13,14 @@ from psycopg import sql
 from pipemon.db import Cursor
 from pipemon.errors import PollError
 from pipemon.incremental import keyset
-from pipemon.sources.presets.base import STUCK_AFTER, QueueSchema, aggregate
+from pipemon.sources.presets.base import STUCK_AFTER, Preset, aggregate
 
 # procrastinate's own stalled-worker timeout is 30 s; twice that before calling a worker dead
 DEAD_WORKER_AFTER = sql.SQL("now() - interval '60 seconds'")
 READY_EVENTS = sql.SQL("'deferred', 'deferred_for_retry', 'retried', 'scheduled'")
 
 
-class ProcrastinateSchema(QueueSchema):
+class ProcrastinatePreset(Preset):
     name = "procrastinate"
 
     def __init__(self, config):
@@ -31,7 +31,7 @@ class ProcrastinateSchema(QueueSchema):
         self.workers = self.table("procrastinate_workers")
 
     def _regclass(self, name: str) -> str:
-        schema = self.config.schema
+        schema = self.db_schema
         return f'"{schema}".{name}' if schema else name
 
     def detect(self, cur: Cursor) -> str:

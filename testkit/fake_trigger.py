@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
-from tests.loopback import LoopbackServer
+from testkit.net import LoopbackServer
 
 
 def iso(moment: datetime) -> str:

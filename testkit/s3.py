@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+import boto3
+from botocore.config import Config as BotoConfig
 from moto.server import ThreadedMotoServer
 
-from tests.loopback import LoopbackServer
+from testkit.net import LoopbackServer
 
 
 class Moto:
@@ -60,6 +62,18 @@ class Moto:
                                          headers={"Content-Type": "text/plain"})
         with urllib.request.urlopen(request, timeout=5) as response:
             response.read()
+
+
+BUCKET = "media"  # the bucket the tests and the demo probe
+
+
+def s3_client(endpoint: str, key: str = "test-key", secret: str = "test-secret"):
+    config = BotoConfig(region_name="auto", signature_version="s3v4",
+                        s3={"addressing_style": "path"},
+                        request_checksum_calculation="when_required",
+                        response_checksum_validation="when_required")
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, aws_access_key_id=key,
+                                          aws_secret_access_key=secret, config=config)
 
 
 @dataclass(frozen=True)

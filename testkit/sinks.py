@@ -25,7 +25,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.loopback import LoopbackServer
+from testkit import ROOT
+from testkit.net import LoopbackServer
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,6 @@ def notifications(http: HttpSink, smtp: SmtpSink) -> list[tuple[float, str]]:
 # ------------------------------------------------------------------------------------------------
 # pipemon's Alertmanager configuration pointed at the sinks.
 
-ROOT = Path(__file__).resolve().parent.parent
 RENDER = ROOT / "tools" / "render_alertmanager.py"
 TEMPLATES = ROOT / "alertmanager" / "templates"
 

@@ -1,112 +1,20 @@
-"""Real processes for end-to-end tests: the pipemon exporter, Prometheus and Alertmanager.
-
-Each listens on 127.0.0.1 on a free port, keeps its data in a temp dir, is waited for with a
-deadline, and is stopped by `stop()` (the fixtures call it). Debian's binaries are used:
-`prometheus` (2.42) and `prometheus-alertmanager` (0.25).
+"""Debian's Prometheus (2.42, package `prometheus`) and Alertmanager (0.25, package
+`prometheus-alertmanager`) as processes on loopback (testkit.processes.Process), and the healthy
+history a Prometheus in service would hold (`healthy_slo_history`, for `Prometheus.backfill`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import subprocess
-import sys
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import yaml
 
-from tests.helpers import GaveUp, free_port, wait_until
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def require(binary: str, package: str) -> str:
-    path = shutil.which(binary)
-    assert path, f"{binary} is missing: apt-get install {package}"
-    return path
-
-
-def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-
-
-class Process:
-    """A child process with its log file; `stop()` sends SIGTERM, then SIGKILL."""
-
-    name = "process"
-
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.log_path = workdir / f"{self.name}.log"
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _spawn(self, argv: list[str], env: dict | None = None) -> None:
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                         cwd=self.workdir, env=env)
-
-    def _wait_ready(self, path: str, timeout: float = 30) -> None:
-        def ready():
-            if self.proc.poll() is not None:
-                raise GaveUp(f"{self.name} exited with {self.proc.returncode}")
-            return http_get(self.url + path, timeout=2)[0] == 200
-
-        try:
-            wait_until(ready, timeout, f"{self.name} to answer 200 on {path}")
-        except AssertionError as exc:
-            self.stop()
-            raise AssertionError(f"{self.name} did not become ready ({exc}):\n"
-                                 f"{self.log()}") from None
-
-    def log(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
-class Exporter(Process):
-    """`pipemon serve` with the given sources (a list of source dicts)."""
-
-    name = "pipemon"
-
-    def __init__(self, workdir: Path, sources: list[dict], extra_args: list[str] = (), **top):
-        super().__init__(workdir)
-        self.config = workdir / "pipemon.yaml"
-        self.config.write_text(yaml.safe_dump({**top, "sources": sources}, sort_keys=False))
-        self.extra_args = list(extra_args)
-
-    def start(self) -> Exporter:
-        self._spawn([sys.executable, "-m", "pipemon", "serve", "--config", str(self.config),
-                     "--web.listen-address", f"127.0.0.1:{self.port}", *self.extra_args],
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self._wait_ready("/readyz")
-        return self
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
+from testkit.net import free_port, http_get
+from testkit.processes import Process, require
 
 
 def healthy_slo_history(now: float, seconds: int, step: int, bucket: str,
@@ -173,7 +81,7 @@ class Prometheus(Process):
                      f"--storage.tsdb.path={self.workdir / 'data'}",
                      f"--web.listen-address=127.0.0.1:{self.port}",
                      "--web.enable-lifecycle", "--log.level=warn"])
-        self._wait_ready("/-/ready")
+        self.wait_ready("/-/ready")
         return self
 
     def query(self, expr: str) -> list[dict]:
@@ -232,7 +140,7 @@ class Alertmanager(Process):
             argv.append(f"--cluster.listen-address={self.cluster_address}")
             argv += [f"--cluster.peer={peer}" for peer in self.peers]
         self._spawn(argv)
-        self._wait_ready("/-/ready")
+        self.wait_ready("/-/ready")
         return self
 
     def alerts(self) -> list[dict]:

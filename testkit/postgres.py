@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL cluster from the Debian binaries, for tests that stop and start it.
+"""A throwaway PostgreSQL cluster from the Debian binaries, for tests that stop and start it,
+the demo and the benchmarks.
 
 Runs the server as the `postgres` user when the tests run as root (initdb refuses root), in a
 temp dir, on a free loopback port, with its own socket dir.
@@ -28,8 +29,16 @@ def find_bindir() -> Path | None:
     return None
 
 
+# Server settings (-c) of every cluster: loopback only, and speed over durability.
+SETTINGS = {"listen_addresses": "127.0.0.1", "fsync": "off", "full_page_writes": "off",
+            "max_connections": "50"}
+
+
 class PgCluster:
-    def __init__(self, port: int, password: str | None = None):
+    """`settings` are added to (or override) SETTINGS, e.g. shared_preload_libraries."""
+
+    def __init__(self, port: int, password: str | None = None,
+                 settings: dict[str, str] | None = None):
         bindir = find_bindir()
         if bindir is None:
             raise RuntimeError(
@@ -37,6 +46,7 @@ class PgCluster:
         self.bindir = bindir
         self.port = port
         self.password = password
+        self.settings = {**SETTINGS, **(settings or {})}
         self.root = Path(tempfile.mkdtemp(prefix="pipemon-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
@@ -69,8 +79,8 @@ class PgCluster:
         return self
 
     def start(self) -> None:
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c full_page_writes=off -c max_connections=50")
+        options = " ".join([f"-p {self.port} -k {self.root}",
+                            *(f"-c {key}={value}" for key, value in self.settings.items())])
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
                   "-w", "-t", "60", "start")
 

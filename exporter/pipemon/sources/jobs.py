@@ -1,0 +1,64 @@
+"""pipemon's job vocabulary, and the finished-job series every queue-like source keeps.
+
+Every queue backend (a PostgreSQL preset, Trigger.dev) maps its own states onto these, so the
+rules and dashboards read one vocabulary whatever runs the jobs.
+"""
+
+from __future__ import annotations
+
+from pipemon import metrics as m
+
+#: states of a job not finished yet (pipemon_queue_jobs{state})
+ACTIVE_STATES = ("scheduled", "waiting", "running", "retrying")
+#: how a job ended (pipemon_queue_jobs_finished_total{outcome})
+OUTCOMES = ("succeeded", "failed", "cancelled")
+STATES = ACTIVE_STATES + OUTCOMES
+#: how an analysis result ended (pipemon_analysis_results_total{outcome})
+RESULT_OUTCOMES = ("succeeded", "failed")
+
+# Incremental reads (pipemon.incremental): rows per page and per poll, by default.
+ROWS_PER_PAGE = 5000
+ROWS_PER_POLL = 50000
+
+
+class JobCounters:
+    """Finished jobs by (queue, outcome), run times by (queue, outcome) and wait times by
+    queue, for the queues a source has seen. Not thread-safe: guard with the owner's lock.
+
+    A backend that cannot see finished jobs keeps no counters (a zero would claim that nothing
+    finished); one that cannot see starts keeps no run or wait times.
+    """
+
+    def __init__(self, finished: bool = True, started: bool = True):
+        self._finished = m.CounterSet() if finished else None
+        self._run_seconds = m.HistogramSet(m.JOB_SECONDS_BUCKETS) if finished and started \
+            else None
+        self._wait_seconds = m.HistogramSet(m.JOB_SECONDS_BUCKETS) if started else None
+
+    def ensure(self, queue: str) -> None:
+        """Zeroed series for `queue`, so rate() sees its first job."""
+        for outcome in OUTCOMES:
+            if self._finished is not None:
+                self._finished.ensure((queue, outcome))
+            if self._run_seconds is not None:
+                self._run_seconds.ensure((queue, outcome))
+        if self._wait_seconds is not None:
+            self._wait_seconds.ensure((queue,))
+
+    def finished(self, queue: str, outcome: str, run_seconds: float | None) -> None:
+        self.ensure(queue)
+        self._finished.inc((queue, outcome))
+        if run_seconds is not None and self._run_seconds is not None:
+            self._run_seconds.observe((queue, outcome), run_seconds)
+
+    def started(self, queue: str, wait_seconds: float | None) -> None:
+        self.ensure(queue)
+        if wait_seconds is not None:
+            self._wait_seconds.observe((queue,), wait_seconds)
+
+    def emit(self, families: m.Families, source: str) -> None:
+        for spec, values in ((m.QUEUE_FINISHED, self._finished),
+                             (m.QUEUE_RUN_SECONDS, self._run_seconds),
+                             (m.QUEUE_WAIT_SECONDS, self._wait_seconds)):
+            if values is not None:
+                values.emit(families(spec), (source,))

@@ -1,0 +1,99 @@
+"""Real processes on loopback: the base runner (`Process`) and the pipemon exporter
+(`Exporter`, `pipemon serve`); Prometheus and Alertmanager are in testkit.prometheus.
+
+Each listens on 127.0.0.1 on a free port, keeps its config, data and log in its work dir, is
+waited for with a deadline, and is stopped by `stop()` (the test fixtures call it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from testkit.net import GaveUp, free_port, http_get, wait_until
+
+
+def require(binary: str, package: str) -> str:
+    path = shutil.which(binary)
+    assert path, f"{binary} is missing: apt-get install {package}"
+    return path
+
+
+class Process:
+    """A child process with its log file; `stop()` sends SIGTERM, then SIGKILL."""
+
+    name = "process"
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.log_path = workdir / f"{self.name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _spawn(self, argv: list[str], env: dict | None = None) -> None:
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=self.workdir, env=env)
+
+    def wait_ready(self, path: str, timeout: float = 30) -> None:
+        """Wait until `path` answers 200; else stop the process and fail with its log."""
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise GaveUp(f"{self.name} exited with {self.proc.returncode}")
+            return http_get(self.url + path, timeout=2)[0] == 200
+
+        try:
+            wait_until(ready, timeout, f"{self.name} to answer 200 on {path}")
+        except AssertionError as exc:
+            self.stop()
+            raise AssertionError(f"{self.name} did not become ready ({exc}):\n"
+                                 f"{self.log()}") from None
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+class Exporter(Process):
+    """`pipemon serve` with the given sources (a list of source dicts)."""
+
+    name = "pipemon"
+
+    def __init__(self, workdir: Path, sources: list[dict], extra_args: list[str] = (), **top):
+        super().__init__(workdir)
+        self.config = workdir / "pipemon.yaml"
+        self.config.write_text(yaml.safe_dump({**top, "sources": sources}, sort_keys=False))
+        self.extra_args = list(extra_args)
+
+    def start(self, timeout: float = 30) -> Exporter:
+        """Start it and wait until every source has polled once (/readyz)."""
+        self._spawn([sys.executable, "-m", "pipemon", "serve", "--config", str(self.config),
+                     "--web.listen-address", f"127.0.0.1:{self.port}", *self.extra_args],
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.wait_ready("/readyz", timeout)
+        return self
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
