@@ -6,6 +6,8 @@ rules and dashboards read one vocabulary whatever runs the jobs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from pipemon import metrics as m
 
 #: states of a job not finished yet (pipemon_queue_jobs{state})
@@ -62,3 +64,13 @@ class JobCounters:
                              (m.QUEUE_WAIT_SECONDS, self._wait_seconds)):
             if values is not None:
                 values.emit(families(spec), (source,))
+
+
+def emit_gauges(families: m.Families, source: str, jobs: dict[tuple[str, str], float],
+                per_queue: Iterable[tuple[m.Spec, dict[str, float]]]) -> None:
+    """pipemon_queue_jobs{queue,state} and the per-queue gauges of one snapshot."""
+    for (queue, state), value in sorted(jobs.items()):
+        families(m.QUEUE_JOBS).add_metric([source, queue, state], value)
+    for spec, values in per_queue:
+        for label, value in sorted(values.items()):
+            families(spec).add_metric([source, label], value)

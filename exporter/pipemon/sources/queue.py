@@ -36,6 +36,7 @@ from pipemon.sources.jobs import (
     ROWS_PER_POLL,
     STATES,
     JobCounters,
+    emit_gauges,
 )
 from pipemon.sources.pg import PgConfig, PgSource
 from pipemon.sources.presets.base import Preset
@@ -235,13 +236,9 @@ class QueueSource(PgSource):
 
     def collect(self, families: m.Families, snapshot: QueueSnapshot | None) -> None:
         if snapshot is not None:
-            for (queue, state), value in sorted(snapshot.jobs.items()):
-                families(m.QUEUE_JOBS).add_metric([self.name, queue, state], value)
-            for spec, values in ((m.QUEUE_OLDEST_WAITING, snapshot.oldest_waiting),
-                                 (m.QUEUE_STUCK, snapshot.stuck),
-                                 (m.QUEUE_UNMAPPED, snapshot.unmapped)):
-                for label, value in sorted(values.items()):
-                    families(spec).add_metric([self.name, label], value)
+            emit_gauges(families, self.name, snapshot.jobs, (
+                (m.QUEUE_OLDEST_WAITING, snapshot.oldest_waiting), (m.QUEUE_STUCK, snapshot.stuck),
+                (m.QUEUE_UNMAPPED, snapshot.unmapped)))
             if not self.preset.has_finished:  # only libraries that keep failed jobs have these
                 for queue, value in sorted(snapshot.permanently_failed.items()):
                     families(m.QUEUE_PERMANENTLY_FAILED).add_metric([self.name, queue], value)

@@ -43,7 +43,7 @@ from pipemon.schema import (
 )
 from pipemon.secret import Secret
 from pipemon.sources.base import Source, SourceConfig
-from pipemon.sources.jobs import JobCounters
+from pipemon.sources.jobs import JobCounters, emit_gauges
 
 log = logging.getLogger(__name__)
 
@@ -290,13 +290,9 @@ class TriggerDevSource(Source):
 
     def collect(self, families: m.Families, snapshot: TriggerSnapshot | None) -> None:
         if snapshot is not None:
-            for (queue, state), value in sorted(snapshot.jobs.items()):
-                families(m.QUEUE_JOBS).add_metric([self.name, queue, state], value)
-            for spec, values in ((m.QUEUE_STUCK, snapshot.stuck),
-                                 (m.QUEUE_PAUSED, snapshot.paused),
-                                 (m.QUEUE_CONCURRENCY_LIMIT, snapshot.concurrency_limit)):
-                for queue, value in sorted(values.items()):
-                    families(spec).add_metric([self.name, queue], value)
+            emit_gauges(families, self.name, snapshot.jobs, (
+                (m.QUEUE_STUCK, snapshot.stuck), (m.QUEUE_PAUSED, snapshot.paused),
+                (m.QUEUE_CONCURRENCY_LIMIT, snapshot.concurrency_limit)))
         with self._lock:
             self._jobs.emit(families, self.name)
         families(m.FOLDED_LABEL_VALUES).add_metric([self.name, "queue"],
