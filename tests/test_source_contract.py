@@ -54,6 +54,13 @@ def test_every_key_is_declared_once_with_its_doc_and_type(cls):
                 f"{cls.__name__}.{f.name}: its parser does not say what it takes (described)"
 
 
+def test_every_metric_of_the_contract_is_documented():
+    doc = (ROOT / "docs" / "exporter.md").read_text()
+    specs = [spec for spec in vars(m).values() if isinstance(spec, m.Spec)]
+    assert len(specs) > 30
+    assert [spec.name for spec in specs if f"`{spec.name}`" not in doc] == []
+
+
 # --- a new kind: one module (here, this test) and one registry line ---
 
 

@@ -102,6 +102,21 @@ QUEUE_PAUSED = Spec(
 QUEUE_CONCURRENCY_LIMIT = Spec(
     "pipemon_queue_concurrency_limit", "gauge",
     "Jobs the queue may run at once, where the backend has such a limit.", ("source", "queue"))
+TRIGGER_RATELIMIT_REMAINING = Spec(
+    "pipemon_trigger_dev_ratelimit_remaining", "gauge",
+    "Requests left in the environment's API rate limit at the last answer (the app's own API"
+    " calls share it).", ("source",))
+TRIGGER_PEAK_QUEUED = Spec(
+    "pipemon_trigger_dev_queue_peak_queued", "gauge",
+    "Most runs queued at once in the last queue_metrics_period, as Trigger.dev's run engine saw"
+    " them (a burst between two polls included).", ("source", "queue"))
+TRIGGER_THROTTLED = Spec(
+    "pipemon_trigger_dev_queue_throttled_samples", "gauge",
+    "Moments in the last queue_metrics_period at which the run engine saw the queue at its"
+    " concurrency limit with runs queued (0: never held back by the limit).", ("source", "queue"))
+TRIGGER_RATELIMIT_LIMIT = Spec(
+    "pipemon_trigger_dev_ratelimit_limit", "gauge",
+    "Size of the environment's API rate limit bucket, as the last answer said.", ("source",))
 
 # --- analysis ---
 ANALYSIS_RESULTS = Spec(
