@@ -336,6 +336,10 @@ class TriggerDevSource(Source):
             for run in runs:
                 self._count(run, label, self._pending.get(key, {}))
             self._give_up_absent(key, {run["id"] for run in active[key]}, server_now)
+        # A queue gone from the list (deleted, or no longer wanted) takes its pending runs along.
+        self._pending = {key: runs for key, runs in self._pending.items() if key in active}
+        pending_ids = {run_id for runs in self._pending.values() for run_id in runs}
+        self._absent_since = {k: v for k, v in self._absent_since.items() if k in pending_ids}
         self._forget_old()
         return TriggerSnapshot(jobs, paused, limits, stuck)
 
