@@ -10,6 +10,7 @@
 #   prometheus               prometheus, promtool                                   test demo
 #   prometheus-alertmanager  prometheus-alertmanager, amtool                        test demo
 #   postgresql               initdb, pg_ctl (throwaway clusters)                    test demo
+#   prometheus-node-exporter the worker panels' machine metrics (dashboard test)     test
 #   nodejs, npm              node, npm: the real pg-boss and graphile-worker        test
 #                            (only when missing: a node 20+ from elsewhere is used as it is)
 #
@@ -45,6 +46,7 @@ for target in "$@"; do
     fi
     if [ "$target" = test ]; then
         need amtool prometheus-alertmanager
+        need prometheus-node-exporter prometheus-node-exporter
         need node nodejs npm
         need npm npm
     fi

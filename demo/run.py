@@ -1,12 +1,14 @@
 """`make demo`: pipemon watching a simulated media pipeline, with faults injected on a schedule.
 
 Starts the whole stack on loopback (demo/stack.py), lets the pipeline run healthy for a moment,
-then breaks it four ways, each healed as soon as its page has arrived:
+then breaks it six ways, each healed as soon as its page has arrived:
 
   storage outage     the S3 endpoint stops                -> PipemonStorageProbeFailing
   failure burst      20 corrupt files crash the analyser  -> PipemonQueueFailureRatioHigh
   stall              the separation workers go away       -> PipemonQueueStalled
   integrity          a track still in playlists is deleted -> PipemonCheckAboveThreshold
+  worker loses FFmpeg  FFmpeg leaves the host's PATH      -> PipemonHostTranscoderDown
+  scratch read-only  the worker's scratch volume turns read-only -> PipemonHostScratchNotWritable
 
 and the storage outage, which lasts over a minute, also burns the storage SLO budget fast
 (99.9%: a minute is 1.7% of an hour) -> PipemonStorageAvailabilityBudgetBurn, about three
@@ -185,6 +187,8 @@ def schedule(stack: Stack) -> list[Fault]:
     def integrity_heal():
         sim.restore_playlist()
 
+    worker = stack.worker
+
     return [
         Fault("storage outage", 0, "the S3 endpoint stops (moto stopped)",
               "the S3 endpoint is back (moto started)", outage, outage_heal,
@@ -210,6 +214,17 @@ def schedule(stack: Stack) -> list[Fault]:
               Expectation("integrity violation", "PipemonCheckAboveThreshold",
                           {"check": "playlist_entries_missing_track",
                            "source": "integrity"})),
+        Fault("worker loses FFmpeg", 60,
+              "a new worker image ships without FFmpeg (gone from the host's PATH)",
+              "the previous image is back", worker.remove_ffmpeg, worker.restore_ffmpeg,
+              Expectation("worker loses FFmpeg", "PipemonHostTranscoderDown",
+                          {"source": "worker"})),
+        Fault("scratch read-only", 75,
+              "the worker's scratch volume turns read-only",
+              "the scratch volume is writable again", worker.scratch_read_only,
+              worker.scratch_writable,
+              Expectation("scratch read-only", "PipemonHostScratchNotWritable",
+                          {"source": "worker"})),
     ]
 
 

@@ -4,8 +4,11 @@
                `pipemon_demo` with examples/schema.sql and examples/integrity_schema.sql
   S3           moto's server (testkit/s3.py), bucket `media`
   sinks        Slack / PagerDuty / heartbeat over HTTP and an SMTP relay (testkit/sinks.py)
-  exporter     `pipemon serve` with the sources of examples/pipemon.yaml, examples/storage.yaml and
-               examples/checks.yaml, as they are but for the poll intervals (`POLL`)
+  exporter     `pipemon serve` with the sources of examples/pipemon.yaml, examples/storage.yaml,
+               examples/checks.yaml and examples/host.yaml, as they are but for the poll
+               intervals (`POLL`)
+  worker host  `WorkerHost`: the host source's FFmpeg and FFprobe (stand-ins on the exporter's
+               PATH) and its scratch directory, for the demo to break
   Prometheus   Debian's, with rules/*.yaml unchanged, scraping and evaluating every `INTERVAL`,
                started with six hours of healthy history (see `healthy_history`)
   Alertmanager Debian's, with the configuration rendered from alertmanager/ (values.yaml plus
@@ -101,17 +104,63 @@ def exporter_config() -> tuple[dict, list[dict]]:
     references stay: the exporter reads the DSN and the S3 endpoint from its environment."""
     main = yaml.safe_load((EXAMPLES / "pipemon.yaml").read_text())
     sources = list(main["sources"])
-    for name in ("storage.yaml", "checks.yaml"):
+    for name in ("storage.yaml", "checks.yaml", "host.yaml"):
         sources += yaml.safe_load((EXAMPLES / name).read_text())["sources"]
     for source in sources:
         source["interval"] = POLL
         if source["kind"] == "storage" and source.get("inventory"):
             source["inventory"] = {**source["inventory"], "interval": INVENTORY_INTERVAL}
+        if source["kind"] == "host":
+            source["timeout"] = "4s"  # within the demo's poll interval (the example's: 10s)
         if source["kind"] == "checks":
             source["interval"] = CHECKS_POLL
             source["checks"] = [{**check, "interval": CHECKS_POLL} if "interval" in check
                                 else check for check in source["checks"]]
     return {**main.get("defaults", {}), "interval": POLL}, sources
+
+
+class WorkerHost:
+    """The worker host the host source watches: stand-ins for `ffmpeg` and `ffprobe` (this
+    machine has no FFmpeg) in a directory put first on the exporter's PATH, and a scratch
+    directory. The demo removes FFmpeg and makes the scratch volume read-only."""
+
+    TOOLS = {"ffmpeg": "ffmpeg version 6.1.1-demo Copyright (c) 2000-2023 the FFmpeg developers",
+             "ffprobe": "ffprobe version 6.1.1-demo Copyright (c) 2007-2023 the FFmpeg developers"}
+
+    def __init__(self, root: Path):
+        self.bin = root / "worker-bin"
+        self.scratch = root / "worker-scratch"
+        self.bin.mkdir()
+        self.scratch.mkdir()
+        for tool, banner in self.TOOLS.items():
+            script = self.bin / tool
+            script.write_text(f"#!/bin/sh\necho '{banner}'\n")
+            script.chmod(0o755)
+        self._mounted = False
+
+    def remove_ffmpeg(self) -> None:
+        (self.bin / "ffmpeg").rename(self.bin / "ffmpeg.removed")
+
+    def restore_ffmpeg(self) -> None:
+        (self.bin / "ffmpeg.removed").rename(self.bin / "ffmpeg")
+
+    def scratch_read_only(self) -> str:
+        """Root writes through file modes, so as root a read-only tmpfs is mounted over the
+        directory (the volume remounted read-only); otherwise its mode is cleared."""
+        if os.geteuid() == 0:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs",
+                            str(self.scratch)], check=True, capture_output=True, timeout=30)
+            self._mounted = True
+            return "a read-only filesystem is mounted over it"
+        self.scratch.chmod(0o555)
+        return "its mode is set to r-x"
+
+    def scratch_writable(self) -> None:
+        if self._mounted:
+            subprocess.run(["umount", str(self.scratch)], check=True, capture_output=True,
+                           timeout=30)
+            self._mounted = False
+        self.scratch.chmod(0o755)
 
 
 def healthy_history(now: float, step: int = 5) -> str:
@@ -185,8 +234,13 @@ class Stack:
         self._cleanups.callback(self.alertmanager.stop)
         self.alertmanager.start()
 
-        self._step("pipemon exporter with examples/pipemon.yaml + storage.yaml + checks.yaml")
+        self._step("pipemon exporter with examples/pipemon.yaml + storage.yaml + checks.yaml"
+                   " + host.yaml")
+        self.worker = WorkerHost(self.root)
+        self._cleanups.callback(self.worker.scratch_writable)  # unmounted before the dir goes
         os.environ.update({
+            "PATH": f"{self.worker.bin}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PIPEMON_SCRATCH_DIR": str(self.worker.scratch),
             "PIPEMON_POSTGRES_DSN": self.dsn,
             "PIPEMON_S3_ENDPOINT_URL": self.moto.url,
             "PIPEMON_S3_BUCKET": BUCKET,

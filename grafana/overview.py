@@ -3,7 +3,8 @@
 Top: how the components depend on each other (queue -> workers -> storage, with analysis and
 the data checks), each red while one of its alerts fires; the sources and their health; the
 firing alerts. Then one row per queue (depth, oldest wait, throughput, failure ratio,
-p50/p95/p99, time to drain, SLO budget left) and the trends behind it.
+p50/p95/p99, time to drain, SLO budget left) and the trends behind it, and the worker hosts
+(their tools and scratch directories, and node_exporter's CPU, memory and disks when present).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ from grafana.common import (
 
 S = 'source=~"$source"'
 SQ = 'source=~"$source", queue=~"$queue"'
+H = 'instance=~"$instance"'
+# node_exporter targets of worker hosts carry role="worker" (docs/alerts.md, "Host roles").
+NODE = 'role="worker"'
 
 
 def firing(names: str) -> str:
@@ -289,6 +293,8 @@ def build() -> dict:
                       runbook("PipemonPipelineAvailabilityBudgetBurn"),
                       runbook("PipemonStorageAvailabilityBudgetBurn")]), 8, 8)
 
+    _workers(g)
+
     g.row("Alerts")
     g.add(table("Firing alerts", "pipemon alerts firing now. Click an alert name for its "
                 "runbook.", "none",
@@ -308,7 +314,9 @@ def build() -> dict:
         "Is the pipeline healthy, and if not, where: components, sources, queues, storage, "
         "data checks and the alerts firing.", g,
         [label_variable("source", "Source", "pipemon_source_up"),
-         label_variable("queue", "Queue", "pipemon_queue_jobs", selector='source=~"$source"')],
+         label_variable("queue", "Queue", "pipemon_queue_jobs", selector='source=~"$source"'),
+         label_variable("instance", "Worker host", "pipemon_host_tools",
+                        description="Worker hosts, by the instance of their pipemon")],
         f"{S}", tags=["overview"])
 
 
@@ -318,3 +326,64 @@ def _job_budget_left() -> str:
             f"{{{SQ}}}[$__range])) / on () group_left () "
             'pipemon_slo:error_budget:ratio{slo="job_success"}')
 
+
+
+def _workers(g: Grid) -> None:
+    """Per worker host: its tools and scratch directories (pipemon's host source), then the
+    machine itself from node_exporter, with the video guide's thresholds."""
+    used = (threshold("host_scratch_used_ratio", severity="warning"),
+            threshold("host_scratch_used_ratio", severity="critical"))
+    g.row("Workers")
+    g.add(table("Worker hosts", "Per host: transcoders up of those configured (none up pages), "
+                "other tools down, and the tools' versions.", "none",
+                [query(f'pipemon_host_tools_up{{role="transcoder", {H}}}', instant=True,
+                       table=True),
+                 query(f'pipemon_host_tools{{role="transcoder", {H}}}', instant=True,
+                       table=True),
+                 query(f"sum without (tool) (1 - pipemon_host_tool_up{{{H}}})", instant=True,
+                       table=True)],
+                columns={"instance": "Host", "source": "Source", "Value #A": "Transcoders up",
+                         "Value #B": "Transcoders", "Value #C": "Tools down"},
+                hide=("Time", "job", "__name__", "role"),
+                overrides=[("Transcoders up", colored_cell("none", steps(RED, (1, GREEN)))),
+                           ("Tools down", colored_cell("none", steps(GREEN, (1, ORANGE))))],
+                links=[runbook("PipemonHostTranscoderDown"), runbook("PipemonHostToolDown")]),
+          12, 7)
+    g.add(table("Scratch directories", "Per host and directory: writable (a file created and "
+                "deleted), the filesystem's used share, and files older than the source's "
+                "old_after.", "none",
+                [query(f"pipemon_host_scratch_writable{{{H}}}", instant=True, table=True),
+                 query(f"1 - pipemon_host_scratch_free_bytes{{{H}}} / "
+                       f"pipemon_host_scratch_filesystem_size_bytes{{{H}}}", instant=True,
+                       table=True),
+                 query(f"pipemon_host_scratch_old_files{{{H}}}", instant=True, table=True)],
+                columns={"instance": "Host", "path": "Directory", "Value #A": "Writable",
+                         "Value #B": "Filesystem used", "Value #C": "Old files"},
+                hide=("Time", "job", "__name__", "source"),
+                overrides=[("Writable", [prop("mappings", [up_mapping("YES", "NO").to_json()]),
+                                         *colored_cell("none", steps(RED, (1, GREEN)))]),
+                           ("Filesystem used", colored_cell("percentunit", above(*used))),
+                           ("Old files", colored_cell("none", steps(GREEN, (1, ORANGE))))],
+                links=[runbook("PipemonHostScratchNotWritable"),
+                       runbook("PipemonHostScratchSpaceLow"),
+                       runbook("PipemonHostScratchOldFiles")]), 12, 7)
+    g.add(timeseries("Scratch filesystem used", "Used share of each scratch directory's "
+                     "filesystem; dashed lines: warning and critical.", "percentunit",
+                     [query(f"1 - pipemon_host_scratch_free_bytes{{{H}}} / "
+                            f"pipemon_host_scratch_filesystem_size_bytes{{{H}}}",
+                            "{{instance}} {{path}}")],
+                     thresholds=above(*used),
+                     links=[runbook("PipemonHostScratchSpaceLow")]), 8, 8)
+    g.add(timeseries("CPU used (node_exporter)", "Busy share of all CPUs of each worker host "
+                     "(5m); dashed lines: the guide's 80% warning and 95% critical.",
+                     "percentunit",
+                     [query("1 - avg without (cpu, mode) (rate(node_cpu_seconds_total"
+                            f'{{mode="idle", {NODE}}}[5m]))', "{{instance}}")],
+                     thresholds=above(0.80, 0.95),
+                     links=[runbook("PipemonHostCpuHigh")]), 8, 8)
+    g.add(timeseries("Memory used (node_exporter)", "Memory not available to new processes, "
+                     "per worker host; dashed lines: 80% and 95%.", "percentunit",
+                     [query(f"1 - node_memory_MemAvailable_bytes{{{NODE}}} / "
+                            f"node_memory_MemTotal_bytes{{{NODE}}}", "{{instance}}")],
+                     thresholds=above(0.80, 0.95),
+                     links=[runbook("PipemonHostMemoryHigh")]), 8, 8)

@@ -1,5 +1,6 @@
-"""Real processes on loopback: the base runner (`Process`) and the pipemon exporter
-(`Exporter`, `pipemon serve`); Prometheus and Alertmanager are in testkit.prometheus.
+"""Real processes on loopback: the base runner (`Process`), the pipemon exporter
+(`Exporter`, `pipemon serve`) and Debian's node_exporter (`NodeExporter`); Prometheus and
+Alertmanager are in testkit.prometheus.
 
 Each listens on 127.0.0.1 on a free port, keeps its config, data and log in its work dir, is
 waited for with a deadline, and is stopped by `stop()` (the test fixtures call it).
@@ -92,6 +93,25 @@ class Exporter(Process):
                      "--web.listen-address", f"127.0.0.1:{self.port}", *self.extra_args],
                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.wait_ready("/readyz", timeout)
+        return self
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+class NodeExporter(Process):
+    """Debian's prometheus-node-exporter with the collectors the worker panels read (CPU,
+    memory, filesystems)."""
+
+    name = "node_exporter"
+
+    def start(self, timeout: float = 30) -> NodeExporter:
+        binary = require("prometheus-node-exporter", "prometheus-node-exporter")
+        self._spawn([binary, f"--web.listen-address=127.0.0.1:{self.port}",
+                     "--collector.disable-defaults", "--collector.cpu", "--collector.meminfo",
+                     "--collector.filesystem", "--log.level=warn"])
+        self.wait_ready("/metrics", timeout)
         return self
 
     @property

@@ -49,12 +49,16 @@ class Prometheus(Process):
     name = "prometheus"
 
     def __init__(self, workdir: Path, targets: list[str], rule_files: list[Path] = (),
-                 interval: str = "1s", alertmanagers: list[str] = (), job: str = "pipemon"):
+                 interval: str = "1s", alertmanagers: list[str] = (), job: str = "pipemon",
+                 other_jobs: dict[str, dict] = ()):
+        """`other_jobs`: more scrape jobs, name -> a static_configs entry (targets, labels)."""
         super().__init__(workdir)
         config = {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
             "rule_files": [str(Path(f).resolve()) for f in rule_files],
-            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}],
+            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]},
+                               *({"job_name": name, "static_configs": [static]}
+                                 for name, static in dict(other_jobs).items())],
         }
         if alertmanagers:
             config["alerting"] = {"alertmanagers": [

@@ -4,8 +4,9 @@ The exporter (`pipemon serve`) watches a pipeline that moves while the test runs
 the local PostgreSQL (three queues: one healthy, one failing a third of its jobs, one stalled with
 no worker; a stuck job; a raw state the mapping does not know), audio-analysis results, a bucket
 on moto's S3 server (probe and inventory) and a bucket that does not exist (its probe fails), SQL
-integrity checks with a known violation, and a worker host. Debian's Prometheus scrapes it every
-second with pipemon's recording AND alert rules loaded, as shipped.
+integrity checks with a known violation, and a worker host (with Debian's node_exporter, labelled
+role="worker", for the machine's panels). Debian's Prometheus scrapes them every second with
+pipemon's recording AND alert rules loaded, as shipped.
 
 Each panel query (and each variable and annotation query) is sent to Prometheus's query API with
 the dashboard variables set to the values an alert link carries, and again to All; it must be
@@ -39,7 +40,7 @@ import pytest
 from testkit import ROOT
 from testkit.app import queue_source
 from testkit.net import http_get, wait_until
-from testkit.processes import Exporter
+from testkit.processes import Exporter, NodeExporter
 from testkit.prometheus import Prometheus
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.s3]
@@ -176,7 +177,7 @@ def stack_sources(dsn: str, s3_url: str, scratch: Path) -> list[dict]:
         {"name": "integrity", "kind": "checks", "dsn": dsn, "interval": "1s",
          "timeout": "900ms", "checks": checks},
         {"name": "worker", "kind": "host", "interval": "1s", "timeout": "900ms",
-         "tools": [{"name": "ffmpeg", "command": FAKE_FFMPEG,
+         "tools": [{"name": "ffmpeg", "command": FAKE_FFMPEG, "role": "transcoder",
                     "version_regex": r"ffmpeg version (\S+)"}],
          "scratch": [{"path": str(scratch)}]},
     ]
@@ -192,7 +193,7 @@ MACROS = {"$__rate_interval": "30s", "$__interval": "5s", "$__range": "5m", "${_
 ALL = ".*"
 VALUES = {
     # the overview shows every kind of source: its source variable stays All
-    "pipemon-overview": {"source": ALL, "queue": "separate"},
+    "pipemon-overview": {"source": ALL, "queue": "separate", "instance": "127.0.0.1:.*"},
     "pipemon-queue": {"source": "stems", "queue": "separate"},
     "pipemon-storage": {"source": "r2", "bucket": BUCKET},
     "pipemon-integrity": {"source": "integrity", "check": "audio_posts_without_track"},
@@ -331,7 +332,9 @@ def test_every_dashboard_query_returns_data(pg_dsn, services, moto, tmp_path):
     scratch.mkdir()
     sources = stack_sources(pg_dsn, moto.url, scratch)
     exporter = services(Exporter(tmp_path / "exporter", sources))
-    prometheus = Prometheus(tmp_path / "prometheus", [exporter.target], RULES)
+    node = services(NodeExporter(tmp_path / "node"))  # the worker panels read the machine too
+    prometheus = Prometheus(tmp_path / "prometheus", [exporter.target], RULES, other_jobs={
+        "node": {"targets": [node.target], "labels": {"role": "worker"}}})
     prometheus.backfill(last_week(offset_exprs, time.time()))
     services(prometheus)
     pipeline.start()

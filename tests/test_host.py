@@ -181,3 +181,20 @@ def test_config_problems_are_reported(tmp_path):
         "sources[0].tools: duplicate names: x",
         "sources[1].tools: set tools, scratch or both",
     ])
+
+
+def test_tools_are_counted_by_role(make_app):
+    """The transcoder alert needs to know when none of a host's transcoders is up."""
+    app = make_app([host_source(tools=[
+        {"name": "ffmpeg", "command": FAKE_FFMPEG, "role": "transcoder"},
+        {"name": "gst", "command": ["/nonexistent/gst-launch"], "role": "transcoder"},
+        {"name": "ffprobe", "command": ["/nonexistent/ffprobe"]},
+    ])])
+    assert app.poll_all_once()
+
+    def count(metric, role):
+        return sample(app, metric, source="worker", role=role)
+
+    assert (count("pipemon_host_tools", "transcoder"), count("pipemon_host_tools_up",
+                                                             "transcoder")) == (2, 1)
+    assert (count("pipemon_host_tools", "tool"), count("pipemon_host_tools_up", "tool")) == (1, 0)

@@ -187,6 +187,13 @@ HOST_TOOL_INFO = Spec(
 HOST_TOOL_FAILURES = Spec(
     "pipemon_host_tool_failures_total", "counter",
     "Failed runs of the tool's command, by reason.", ("source", "tool", "reason"))
+HOST_TOOLS = Spec(
+    "pipemon_host_tools", "gauge",
+    "Tools configured on the host by role (`transcoder`: the host cannot transcode without one"
+    " of them up).", ("source", "role"))
+HOST_TOOLS_UP = Spec(
+    "pipemon_host_tools_up", "gauge",
+    "Tools of that role up at the last poll.", ("source", "role"))
 HOST_SCRATCH_WRITABLE = Spec(
     "pipemon_host_scratch_writable", "gauge",
     "1 if a file could be created and deleted in the directory at the last poll.",

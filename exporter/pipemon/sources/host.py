@@ -31,6 +31,7 @@ from pipemon.schema import (
     Node,
     described,
     name,
+    one_of,
     positive_duration,
     positive_int,
     section_list,
@@ -49,6 +50,7 @@ DEFAULT_VERSION_REGEX = r"version\s+(\S+)"
 MAX_OUTPUT_SCANNED = 65536
 MAX_VERSION_LENGTH = 64
 UNKNOWN_VERSION = "unknown"
+ROLES = ("transcoder", "tool")
 
 
 # --- config ---
@@ -82,6 +84,9 @@ class Tool(Checked):
     timeout: float = value("Killed (with its process group) if still running after this,"
                            " at most the source's timeout.", positive_duration,
                            shown_default="the source's")
+    role: str = value("`transcoder` for a tool the host cannot transcode without (FFmpeg): with"
+                      " no transcoder up the host pages; any other tool down warns.",
+                      one_of(*ROLES), "tool")
 
     def check(self, node: Node, parent: dict) -> None:
         limit = parent.get("timeout")
@@ -276,6 +281,7 @@ class HostSnapshot:
 class HostSource(Source):
     config_type = HostConfig
     specs = (m.HOST_TOOL_UP, m.HOST_TOOL_DURATION, m.HOST_TOOL_INFO, m.HOST_TOOL_FAILURES,
+             m.HOST_TOOLS, m.HOST_TOOLS_UP,
              m.HOST_SCRATCH_WRITABLE, m.HOST_SCRATCH_BYTES, m.HOST_SCRATCH_FILES,
              m.HOST_SCRATCH_OLD_FILES, m.HOST_SCRATCH_WALK_TRUNCATED, m.HOST_SCRATCH_FREE_BYTES,
              m.HOST_SCRATCH_FS_SIZE, m.HOST_SCRATCH_ERRORS)
@@ -334,11 +340,20 @@ class HostSource(Source):
 
     def collect(self, families: m.Families, snapshot: HostSnapshot | None) -> None:
         if snapshot is not None:
+            self._collect_roles(families, snapshot.tools)
             self._collect_tools(families, snapshot.tools)
             self._collect_scratch(families, snapshot.scratch)
         with self._lock:
             self._tool_failures.emit(families(m.HOST_TOOL_FAILURES), (self.name,))
             self._scratch_errors.emit(families(m.HOST_SCRATCH_ERRORS), (self.name,))
+
+    def _collect_roles(self, families: m.Families, tools: dict[str, ToolResult]) -> None:
+        for role in ROLES:
+            of_role = [t.name for t in self.config.tools if t.role == role]
+            if of_role:
+                families(m.HOST_TOOLS).add_metric([self.name, role], len(of_role))
+                up = sum(1 for name in of_role if tools.get(name) and tools[name].up)
+                families(m.HOST_TOOLS_UP).add_metric([self.name, role], up)
 
     def _collect_tools(self, families: m.Families, tools: dict[str, ToolResult]) -> None:
         for tool, result in sorted(tools.items()):
