@@ -10,7 +10,10 @@ then breaks it six ways, each healed as soon as its page has arrived:
   worker loses FFmpeg  FFmpeg leaves the host's PATH      -> PipemonHostTranscoderDown
   scratch read-only  the worker's scratch volume turns read-only -> PipemonHostScratchNotWritable
 
-and the storage outage, which lasts over a minute, also burns the storage SLO budget fast
+The exporter's /health verdict is watched as well: the storage source must turn critical during
+the outage and healthy again after it (a change of the verdict is printed as it happens).
+
+And the storage outage, which lasts over a minute, also burns the storage SLO budget fast
 (99.9%: a minute is 1.7% of an hour) -> PipemonStorageAvailabilityBudgetBurn, about three
 minutes after the outage starts; it resolves five minutes after the outage ends.
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import json
 import os
 import re
 import signal
@@ -35,6 +39,7 @@ from dataclasses import dataclass, field
 
 from demo.simulator import ANALYSIS, STEMS, WORKERS
 from demo.stack import AM_TIMING, BUCKET, CHECKS_POLL, INTERVAL, POLL, Stack
+from testkit.net import http_get
 
 WARM_UP = 10  # seconds of healthy pipeline, once Prometheus sees it, before the first fault
 STATUS_EVERY = 30  # seconds between two pipeline status lines
@@ -251,12 +256,53 @@ def die_with_parent() -> None:
         raise Stop(signal.SIGTERM)
 
 
+class HealthWatch:
+    """The exporter's /health verdict, read every `EVERY` seconds: changes are printed, and
+    when the storage source turned critical and healthy again is kept for the summary."""
+
+    EVERY = 2.0
+
+    def __init__(self, url: str, source: str = "r2"):
+        self.url, self.source = url, source
+        self.status: str | None = None
+        self.parts: dict[str, str] = {}
+        self.critical_at: float | None = None  # the storage source's first critical verdict
+        self.healthy_at: float | None = None  # ... and its first healthy one after that
+        self._next = 0.0
+
+    def check(self, now: float) -> None:
+        if now < self._next:
+            return
+        self._next = now + self.EVERY
+        try:
+            code, body = http_get(self.url + "/health", timeout=2)
+            verdict = json.loads(body)["verdict"]
+        except (OSError, ValueError, KeyError):
+            return
+        parts = {c["source"]: c["status"] for c in verdict["components"]}
+        if verdict["status"] != self.status or parts != self.parts:
+            changed = [f"{name} {status}" for name, status in sorted(parts.items())
+                       if self.parts.get(name) != status]
+            say(f"{now_hms()}  /health   {verdict['status']} ({code}): {', '.join(changed)}")
+            self.status, self.parts = verdict["status"], parts
+        mine = parts.get(self.source)
+        if mine == "critical" and self.critical_at is None:
+            self.critical_at = now
+        elif mine == "healthy" and self.critical_at and self.healthy_at is None:
+            self.healthy_at = now
+
+    @property
+    def ok(self) -> bool:
+        return self.critical_at is not None and self.healthy_at is not None
+
+
 class Demo:
     def __init__(self, seconds: float | None):
         self.seconds = seconds
         self.stack = Stack(say=say)
         self.faults: list[Fault] = []
         self.others: list[Notification] = []
+        self.health: HealthWatch | None = None
         self.t0: float | None = None
         self.started = time.time()
 
@@ -283,6 +329,7 @@ class Demo:
         say("Notifications as they arrive: time, receiver, status, alert")
         self.t0 = up_at + WARM_UP
         self.faults = schedule(self.stack)
+        self.health = HealthWatch(self.stack.exporter.url)
         self.loop(deadline)
         return self.summary(time.time() - self.started)
 
@@ -320,6 +367,7 @@ class Demo:
                 say(f"{now_hms()}  (the Watchdog heartbeat reached the dead man's switch: the "
                     "alerting path works)")
             self.drive(now)
+            self.health.check(now)
             if pipeline.error is not None:
                 say(f"{now_hms()}  pipeline: {pipeline.error}")
                 pipeline.error = None
@@ -327,7 +375,7 @@ class Demo:
                 say(f"{now_hms()}  pipeline  {pipeline.status()}")
                 next_status = now + STATUS_EVERY
             if done_at is None and all(f.healed_at for f in self.faults) and all(
-                    e.ok for e in self.expectations):
+                    e.ok for e in self.expectations) and self.health.ok:
                 done_at = now
                 if deadline is None:
                     say(f"{now_hms()}  every fault has paged and resolved (the budget burn "
@@ -385,6 +433,19 @@ class Demo:
                 rows.append((fault.name, exp.name,
                              now_hms(fault.injected_at) if fault.injected_at else "-",
                              fired, resolved, "OK" if exp.ok else "MISSING"))
+        outage = next((f for f in self.faults if f.name == "storage outage"), None)
+        if outage is not None and self.health is not None:
+            health = self.health
+            critical = healthy = "-"
+            if health.critical_at and outage.injected_at:
+                critical = (f"{now_hms(health.critical_at)} "
+                            f"(+{health.critical_at - outage.injected_at:.0f}s)")
+            if health.healthy_at and outage.healed_at:
+                healthy = (f"{now_hms(health.healthy_at)} "
+                           f"(+{health.healthy_at - outage.healed_at:.0f}s after heal)")
+            rows.append((outage.name, f"/health verdict of {health.source}: critical",
+                         now_hms(outage.injected_at) if outage.injected_at else "-", critical,
+                         healthy, "OK" if health.ok else "MISSING"))
         if not self.faults:
             rows.append(("(no fault injected)", "", "", "", "", "MISSING"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -394,10 +455,11 @@ class Demo:
             say("Other notifications (not expected by the schedule):")
             for note in self.others:
                 say("  " + note.line())
-        ok = bool(self.faults) and all(e.ok for e in self.expectations)
+        ok = bool(self.faults) and all(e.ok for e in self.expectations) and \
+            self.health is not None and self.health.ok
         if not interrupted:
-            say("RESULT: " + ("every expected alert fired and resolved" if ok else
-                              "some expected alerts are MISSING"))
+            say("RESULT: " + ("every expected alert fired and resolved, and /health followed the"
+                              " outage" if ok else "some expected alerts are MISSING"))
         return 0 if ok else 1
 
 

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
 from pipemon import metrics as m
+from pipemon import verdict
 from pipemon.config import Config
 from pipemon.exposition import Exposition
 from pipemon.kinds import build
@@ -126,6 +127,14 @@ class App:
         """Every source has finished its first poll attempt (successful or not)."""
         return all(runner.up is not None for runner in self.runners)
 
+    def verdict(self) -> dict:
+        """The pipeline verdict: per source a status from what it measured, and a summary."""
+        return verdict.overall([runner.verdict() for runner in self.runners])
+
+    def health_status(self, health: dict) -> int:
+        """The HTTP status of /health for this body (its verdict)."""
+        return verdict.http_status_of(health["verdict"]["status"], self.config.health)
+
     def health(self) -> dict:
         sources = [runner.health() for runner in self.runners]
         if not self.ready:
@@ -134,4 +143,5 @@ class App:
             status = "ok"
         else:
             status = "degraded"
-        return {"status": status, "version": VERSION, "sources": sources}
+        return {"status": status, "version": VERSION, "verdict": self.verdict(),
+                "sources": sources}

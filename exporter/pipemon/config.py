@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,9 @@ from pipemon.schema import (
     value,
 )
 from pipemon.sources.base import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, SourceConfig
+from pipemon.verdict import HealthConfig
 
-__all__ = ["Config", "ConfigError", "Defaults", "interpolate", "load"]
+__all__ = ["Config", "ConfigError", "Defaults", "HealthConfig", "interpolate", "load"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +47,7 @@ class Defaults(Checked):
 class Config:
     file: str
     sources: tuple[SourceConfig, ...]
+    health: HealthConfig = field(default_factory=HealthConfig)
 
     def secrets(self) -> list[str]:
         return [s for src in self.sources for s in src.secrets()]
@@ -110,6 +112,8 @@ def load(path: str | os.PathLike, env: dict[str, str] | None = None) -> Config:
     root = Node(data, "", problems, Path(path).resolve().parent)
     defaults_node = root.child("defaults", required=False)
     defaults = read(Defaults, defaults_node) if defaults_node else Defaults()
+    health_node = root.child("health", required=False)
+    health = read(HealthConfig, health_node) if health_node else HealthConfig()
 
     sources: list[tuple[int, SourceConfig]] = []
     raw_sources = root.data.get("sources")
@@ -140,4 +144,4 @@ def load(path: str | os.PathLike, env: dict[str, str] | None = None) -> Config:
     root.finish()
     if problems:
         raise ConfigError(file, problems)
-    return Config(file=file, sources=tuple(source for _, source in sources))
+    return Config(file=file, sources=tuple(source for _, source in sources), health=health)

@@ -15,6 +15,7 @@ from pipemon.config import Defaults
 from pipemon.kinds import KINDS
 from pipemon.schema import REQUIRED, Setting, default_of, key_of, settings
 from pipemon.sources.base import SourceConfig
+from pipemon.verdict import HealthConfig
 
 BEGIN = "<!-- BEGIN GENERATED: python -m pipemon.reference docs/configuration.md -->"
 END = "<!-- END GENERATED -->"
@@ -89,7 +90,9 @@ def markdown() -> str:
              "`kind` (one of " + ", ".join(f"`{k}`" for k in KINDS) + ") picks the kind; these"
              " keys are the same for all.", "", *HEADER, *table(SourceConfig), "",
              "### `defaults:`", "", "At the top of the file; a source's own key wins.", "",
-             *HEADER, *table(Defaults), ""]
+             *HEADER, *table(Defaults), "",
+             "### `health:`", "", "At the top of the file: what `/health` answers for the"
+             " pipeline verdict (docs/exporter.md).", "", *HEADER, *table(HealthConfig), ""]
     for kind, source in KINDS.items():
         summary = sys.modules[source.__module__].__doc__.strip().split("\n\n")[0]
         summary = " ".join(summary.split()).removeprefix(f"`kind: {kind}`: ")

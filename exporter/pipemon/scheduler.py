@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipemon import metrics as m
+from pipemon import verdict
 from pipemon.errors import PollError, redact
 from pipemon.sources.base import Source
 
@@ -134,6 +135,23 @@ class SourceRunner:
                     "reason": error.reason, "message": error.message, "at": error.at},
                 **self.source.describe(),
             }
+
+    def verdict(self) -> dict:
+        """This source's part of the pipeline verdict."""
+        with self._lock:
+            up, snapshot, error = self.up, self.snapshot, self.last_error
+        if up is None:
+            return verdict.component(self.name, self.source.kind, [], pending=True)
+        if not up:
+            return verdict.component(self.name, self.source.kind, [verdict.Finding(
+                verdict.CRITICAL, f"poll failing: {error.reason}: {error.message}")])
+        try:
+            findings = self.source.findings(snapshot)
+        except Exception as exc:  # a bug must not take /health down with it
+            log.error("source %s: judging the last poll failed: %s", self.name, exc,
+                      extra={"source": self.name, "reason": "internal"})
+            findings = [verdict.Finding(verdict.WARNING, "internal error judging the last poll")]
+        return verdict.component(self.name, self.source.kind, findings)
 
     def hung_for(self) -> float:
         """Seconds the poll in progress has been stuck: running more than HUNG_AFTER past its

@@ -87,6 +87,21 @@ def positive_int(value: Any) -> int:
     return value
 
 
+@described("number")
+def number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {show(value)}")
+    return float(value)
+
+
+@described("ratio 0-1")
+def ratio(value: Any) -> float:
+    result = number(value)
+    if not 0 <= result <= 1:
+        raise ValueError(f"expected a ratio from 0 to 1, got {value!r}")
+    return result
+
+
 @described("true or false")
 def boolean(value: Any) -> bool:
     if not isinstance(value, bool):

@@ -16,6 +16,7 @@ import ssl
 import threading
 import time
 from datetime import UTC, datetime
+from http import HTTPStatus
 from socketserver import ThreadingMixIn
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -85,16 +86,29 @@ def _when(ts: float | None) -> str:
     return f"{stamp} ({ago:.0f}s ago)"
 
 
+def _phrase(code: int) -> str:
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:  # a status of the operator's choosing that http.HTTPStatus lacks
+        return "Status"
+
+
 def landing_page(app: App) -> str:
     rows = []
-    for s in app.health()["sources"]:
+    health = app.health()
+    verdict = health["verdict"]
+    findings = {part["source"]: "; ".join(f"{f['status']}: {f['text']}" for f in part["findings"])
+                for part in verdict["components"]}
+    statuses = {part["source"]: part["status"] for part in verdict["components"]}
+    for s in health["sources"]:
         error = s["last_error"]
         error_text = f"{error['reason']}: {error['message']}" if error else ""
         duration = s["last_duration_seconds"]
         details = "; ".join(f"{key.replace('_', ' ')}: {s[key]}" for key in
                             ("preset", "schema_version", "missing") if s.get(key))
         cells = [
-            s["name"], s["kind"], s["status"], s.get("target", ""), s.get("table", ""),
+            s["name"], s["kind"], s["status"], statuses.get(s["name"], ""),
+            findings.get(s["name"], ""), s.get("target", ""), s.get("table", ""),
             _when(s["last_poll"]), _when(s["last_success"]),
             "" if duration is None else f"{duration * 1000:.1f} ms", error_text, details,
         ]
@@ -102,16 +116,20 @@ def landing_page(app: App) -> str:
             f'<tr class="{html.escape(s["status"])}">'
             + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     header = "".join(f"<th>{h}</th>" for h in (
-        "source", "kind", "status", "target", "table", "last poll", "last success",
-        "duration", "last error", "details"))
+        "source", "kind", "status", "verdict", "findings", "target", "table", "last poll",
+        "last success", "duration", "last error", "details"))
+    summary = ", ".join(f"{n} {status}" for status, n in verdict["summary"].items() if n)
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>pipemon</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
-tr.down td:nth-child(3){{color:#b00;font-weight:bold}}tr.up td:nth-child(3){{color:#070}}</style>
+tr.down td:nth-child(3){{color:#b00;font-weight:bold}}tr.up td:nth-child(3){{color:#070}}
+p.critical b{{color:#b00}}p.warning b{{color:#b60}}p.healthy b{{color:#070}}</style>
 </head><body><h1>pipemon {html.escape(VERSION)}</h1>
 <p><a href="/metrics">/metrics</a> &middot; <a href="/health">/health</a> (JSON) &middot;
 <a href="/readyz">/readyz</a> &middot; <a href="/healthz">/healthz</a></p>
+<p class="{html.escape(verdict["status"])}">Verdict: <b>{html.escape(verdict["status"])}</b>
+({html.escape(summary)})</p>
 <table><tr>{header}</tr>
 {"".join(rows)}
 </table></body></html>
@@ -208,7 +226,8 @@ def _endpoints(app: App):
         if path == "/health":
             body = app.health()
             body["timestamp"] = datetime.now(UTC).isoformat(timespec="seconds")
-            status = "200 OK" if body["status"] == "ok" else "503 Service Unavailable"
+            code = app.health_status(body)
+            status = f"{code} {_phrase(code)}"
             return respond(start_response, status, json.dumps(body, indent=2) + "\n",
                            "application/json")
         if path == "/":

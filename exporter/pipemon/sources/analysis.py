@@ -8,6 +8,7 @@ incrementally by `columns.finished_at` (default `columns.created_at`), like fini
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 from psycopg import sql
@@ -15,9 +16,10 @@ from psycopg import sql
 from pipemon import metrics as m
 from pipemon.db import relation
 from pipemon.incremental import IncrementalReader, keyset
-from pipemon.schema import Checked, duration, positive_int, section, string, value
+from pipemon.schema import Checked, duration, positive_int, ratio, section, string, value
 from pipemon.sources.jobs import RESULT_OUTCOMES, ROWS_PER_PAGE, ROWS_PER_POLL
 from pipemon.sources.pg import PgConfig, PgSource
+from pipemon.verdict import WARNING, Finding
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +53,12 @@ class AnalysisConfig(PgConfig):
         "Rows read per poll at most; a burst is caught up over the next polls.", positive_int,
         ROWS_PER_POLL)
 
+    success_ratio_warning: float = value(
+        "The verdict on /health warns when the share of successful results over the last hour"
+        " is below this (as PipemonAnalysisSuccessLow) ...", ratio, 0.95)
+    min_results: int = value("... with at least this many results in that hour.",
+                             positive_int, 20)
+
     @property
     def cols(self) -> AnalysisColumns:
         return self.columns or AnalysisColumns()
@@ -71,6 +79,7 @@ class AnalysisSource(PgSource):
         self._durations = m.HistogramSet(m.JOB_SECONDS_BUCKETS)
         if config.duration_seconds:
             self._durations.ensure(())
+        self._minutes: dict[int, list[int]] = {}  # minute -> [succeeded, all], the last hour
         self.reader = IncrementalReader(
             f"{self.name}/results", self._results_sql, config.late_commit_window,
             config.page_size, config.max_rows_per_poll)
@@ -93,12 +102,28 @@ class AnalysisSource(PgSource):
             db_now = cur.rows("SELECT now()")[0][0]
             rows = self.reader.read(cur, db_now)
         with self._lock:
+            minute = int(time.monotonic() // 60)
+            self._minutes = {m: c for m, c in self._minutes.items() if m > minute - 60}
             for _id, _ts, ok, seconds in rows:
                 self._results.inc(("succeeded" if ok else "failed",))
+                counts = self._minutes.setdefault(minute, [0, 0])
+                counts[0] += bool(ok)
+                counts[1] += 1
                 if seconds is not None:
                     self._durations.observe((), seconds)
             self.reader.commit()
         return None
+
+    def findings(self, snapshot: None) -> list[Finding]:
+        with self._lock:
+            succeeded = sum(c[0] for c in self._minutes.values())
+            total = sum(c[1] for c in self._minutes.values())
+        if total < self.config.min_results or succeeded / total >= \
+                self.config.success_ratio_warning:
+            return []
+        return [Finding(WARNING, f"analysis success {succeeded / total:.1%} over the last hour"
+                                 f" ({total} results; warning below"
+                                 f" {self.config.success_ratio_warning:.0%})")]
 
     def collect(self, families: m.Families, snapshot: None) -> None:
         with self._lock:

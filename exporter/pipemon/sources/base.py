@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from pipemon.metrics import Families, Spec
 from pipemon.schema import Checked, Node, name, positive_duration, value
+from pipemon.verdict import Finding
 
 DEFAULT_INTERVAL = 15.0
 DEFAULT_TIMEOUT = 5.0
@@ -70,6 +71,12 @@ class Source(ABC):
     def failed_measurements(self, snapshot: Any) -> list[str]:
         """What a successful poll measured as broken (a probe, a check, a tool), one line each:
         `pipemon once` fails on these too."""
+        return []
+
+    def findings(self, snapshot: Any) -> list[Finding]:
+        """What the last successful poll measured as wrong, for the verdict on /health (a
+        failed poll is critical by itself): a probe failing, a queue stalled, a check above
+        its threshold, each a warning or critical."""
         return []
 
     def describe(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from pipemon.schema import (
     Checked,
     Node,
     name,
+    number,
     positive_duration,
     positive_int,
     section_list,
@@ -33,6 +34,7 @@ from pipemon.schema import (
     value,
 )
 from pipemon.sources.pg import PgConfig, PgSource
+from pipemon.verdict import CRITICAL, WARNING, Finding
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,10 @@ class Check(Checked):
                            " the source's).", positive_duration, shown_default="the source's")
     max_rows: int = value("Rows the check may return (default: the source's `max_rows`).",
                           positive_int, shown_default="the source's")
+    warning_above: float | None = value(
+        "The verdict on /health warns when a value is above this (the alerts' thresholds are"
+        " the rules' `pipemon_alert:check_value:threshold`).", number, None)
+    critical_above: float | None = value("... and is critical above this.", number, None)
 
     def check(self, node: Node, parent: dict) -> None:
         interval, timeout = parent.get("interval"), parent.get("timeout")
@@ -218,6 +224,25 @@ class ChecksSource(PgSource):
         for (check_name, column), cap in caps:
             families(m.FOLDED_LABEL_VALUES).add_metric(
                 [self.name, f"{check_name}.{column}"], len(cap.folded))
+
+    def findings(self, snapshot: ChecksSnapshot) -> list[Finding]:
+        found = []
+        checks = {check.name: check for check in self.config.checks}
+        for check_name, result in sorted(snapshot.results.items()):
+            if not result.up:
+                found.append(Finding(WARNING, f"check {check_name} failed"))
+                continue
+            check = checks[check_name]
+            for labels, measured in result.values:
+                where = check_name + ("{" + ", ".join(f"{k}={v}" for k, v in labels) + "}"
+                                      if labels else "")
+                for status, limit in ((CRITICAL, check.critical_above),
+                                      (WARNING, check.warning_above)):
+                    if limit is not None and measured > limit:
+                        found.append(Finding(status, f"check {where} is {measured:g} ({status}"
+                                                     f" above {limit:g})"))
+                        break
+        return found
 
     def failed_measurements(self, snapshot: ChecksSnapshot) -> list[str]:
         return [f"check {check} failed" for check, result in sorted(snapshot.results.items())

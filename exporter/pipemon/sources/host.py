@@ -34,12 +34,14 @@ from pipemon.schema import (
     one_of,
     positive_duration,
     positive_int,
+    ratio,
     section_list,
     string,
     string_list,
     value,
 )
 from pipemon.sources.base import Source, SourceConfig
+from pipemon.verdict import CRITICAL, WARNING, Finding
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,10 @@ class Scratch(Checked):
                              86400.0)
     max_entries: int = value("Directory entries the walk visits at most.", positive_int,
                              100_000)
+    used_warning: float = value("The verdict on /health warns above this used share of the"
+                                " directory's filesystem (the video guide's disk alert).", ratio,
+                                0.90)
+    used_critical: float = value("... and is critical above this one.", ratio, 0.95)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -327,6 +333,37 @@ class HostSource(Source):
                 with self._lock:
                     self._scratch_errors.inc((item.path, result.reason))
         return HostSnapshot(tools, scratch)
+
+    def findings(self, snapshot: HostSnapshot) -> list[Finding]:
+        found = []
+        transcoders = [t.name for t in self.config.tools if t.role == "transcoder"]
+        down = {name: r for name, r in snapshot.tools.items() if not r.up}
+        if transcoders and all(name in down for name in transcoders):
+            found.append(Finding(CRITICAL, "no transcoder runs (" + ", ".join(
+                f"{name}: {down[name].reason}" for name in transcoders) + ")"))
+            down = {name: r for name, r in down.items() if name not in transcoders}
+        found += [Finding(WARNING, f"tool {name} down: {r.reason}")
+                  for name, r in sorted(down.items())]
+        for item in self.config.scratch:
+            result = snapshot.scratch.get(item.path)
+            if result is None:
+                continue
+            if not result.writable:
+                found.append(Finding(CRITICAL, f"scratch directory {item.path} not writable:"
+                                               f" {result.reason}"))
+            if result.free_bytes is not None and result.size_bytes:
+                used = 1 - result.free_bytes / result.size_bytes
+                for status, limit in ((CRITICAL, item.used_critical),
+                                      (WARNING, item.used_warning)):
+                    if used > limit:
+                        found.append(Finding(status, f"scratch filesystem of {item.path}"
+                                                     f" {used:.0%} used ({status} above"
+                                                     f" {limit:.0%})"))
+                        break
+            if result.walk is not None and result.walk.old_files:
+                found.append(Finding(WARNING, f"{result.walk.old_files} files in {item.path}"
+                                              " older than old_after"))
+        return found
 
     def failed_measurements(self, snapshot: HostSnapshot) -> list[str]:
         return [*(f"tool {name}: {r.reason}: {r.message}"

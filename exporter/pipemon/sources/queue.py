@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from pipemon import metrics as m
@@ -44,6 +45,7 @@ from pipemon.sources.presets.generic import GenericPreset
 from pipemon.sources.presets.graphile_worker import GraphileWorkerPreset
 from pipemon.sources.presets.pgboss import PgBossPreset
 from pipemon.sources.presets.procrastinate import ProcrastinatePreset
+from pipemon.verdict import CRITICAL, WARNING, Finding
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ PRESETS: dict[str, type[Preset]] = {
     "graphile_worker": GraphileWorkerPreset,
 }
 MAX_RAW_STATES = 20
+MAX_COMPLETIONS = 5000  # per queue, the newest: enough to know its normal gap
+HOUR = timedelta(hours=1)
 # The keys that map a table of your own; a library preset knows its tables.
 GENERIC_ONLY = ("preset", "generic", ": the preset knows its schema")
 
@@ -108,6 +112,16 @@ class QueueConfig(PgConfig):
     max_rows_per_poll: int = value(
         "Rows read per poll at most; a burst is caught up over the next polls.", positive_int,
         ROWS_PER_POLL)
+    oldest_waiting_warning: float = value(
+        "The verdict on /health warns when a queue's oldest waiting job has waited longer (as"
+        " PipemonQueueOldestJobTooOld).", positive_duration, 600.0)
+    oldest_waiting_critical: float = value("... and is critical past this.", positive_duration,
+                                           1800.0)
+    stall_gaps: int = value(
+        "The verdict calls a queue stalled, as the rules do, when jobs wait and none has"
+        " completed for this many of its normal gaps between completions (their mean over the"
+        " hour up to the last one) ...", positive_int, 12)
+    stall_min: float = value("... and for at least this long.", positive_duration, 60.0)
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,7 @@ class QueueSnapshot:
     stuck: dict[str, int]
     permanently_failed: dict[str, int]
     unmapped: dict[str, int]
+    stalled: dict[str, tuple[float, float]] = field(default_factory=dict)  # seconds, gap
 
 
 class QueueSource(PgSource):
@@ -137,6 +152,7 @@ class QueueSource(PgSource):
         self._last_active: dict[str, datetime] = {}
         self._unmapped: dict[str, int] = {}
         self._unmapped_checked_at: float | None = None
+        self._completions: dict[str, deque[datetime]] = {}  # queue -> finish times, db clock
         window, page, cap = config.late_commit_window, config.page_size, config.max_rows_per_poll
         self.finished_reader = self.started_reader = None
         if self.preset.has_finished:
@@ -205,6 +221,8 @@ class QueueSource(PgSource):
             queue = self._queue(raw_queue)
             self._touch(queue, ts)
             self._jobs.finished(queue, outcome, run_seconds)
+            if outcome in ("succeeded", "failed"):
+                self._completions.setdefault(queue, deque(maxlen=MAX_COMPLETIONS)).append(ts)
         for _id, ts, raw_queue, wait_seconds in started:
             queue = self._queue(raw_queue)
             self._touch(queue, ts)
@@ -220,7 +238,45 @@ class QueueSource(PgSource):
             oldest.setdefault(queue, 0.0)
             stuck.setdefault(queue, 0)
             dead.setdefault(queue, 0)
-        return QueueSnapshot(jobs, oldest, stuck, dead, dict(self._unmapped))
+        return QueueSnapshot(jobs, oldest, stuck, dead, dict(self._unmapped),
+                             self._stalled(jobs, db_now))
+
+    def _stalled(self, jobs, db_now: datetime) -> dict[str, tuple[float, float]]:
+        """Queues where jobs wait and none has completed for stall_gaps normal gaps (at least
+        stall_min): (seconds since the last completion, the normal gap)."""
+        stalled = {}
+        for queue, times in self._completions.items():
+            if not jobs.get((queue, "waiting")) or len(times) < 2:
+                continue
+            last = max(times)
+            hour = sorted(t for t in times if t >= last - HOUR)
+            if len(hour) < 2:
+                continue
+            gap = (hour[-1] - hour[0]).total_seconds() / (len(hour) - 1)
+            since = (db_now - last).total_seconds()
+            if since > max(self.config.stall_gaps * gap, self.config.stall_min):
+                stalled[queue] = (since, gap)
+        return stalled
+
+    def findings(self, snapshot: QueueSnapshot) -> list[Finding]:
+        cfg, found = self.config, []
+        for queue, (since, gap) in sorted(snapshot.stalled.items()):
+            waiting = snapshot.jobs.get((queue, "waiting"), 0)
+            found.append(Finding(CRITICAL, f"queue {queue} stalled: no job completed for"
+                                           f" {since:.0f}s while {waiting} wait (normal gap"
+                                           f" {gap:.1f}s)"))
+        for queue, age in sorted(snapshot.oldest_waiting.items()):
+            for status, limit in ((CRITICAL, cfg.oldest_waiting_critical),
+                                  (WARNING, cfg.oldest_waiting_warning)):
+                if age > limit and queue not in snapshot.stalled:
+                    found.append(Finding(status, f"queue {queue}: the oldest waiting job has"
+                                                 f" waited {age:.0f}s ({status} above"
+                                                 f" {limit:.0f}s)"))
+                    break
+        found += [Finding(WARNING, f"queue {queue}: {count} jobs running longer than"
+                                   " stuck_after")
+                  for queue, count in sorted(snapshot.stuck.items()) if count]
+        return found
 
     def _record_unmapped(self, rows) -> None:
         self._unmapped_checked_at = time.monotonic()

@@ -64,6 +64,7 @@ from pipemon.schema import (
 )
 from pipemon.secret import Secret
 from pipemon.sources.base import Source, SourceConfig
+from pipemon.verdict import CRITICAL, Finding
 
 log = logging.getLogger(__name__)
 
@@ -470,6 +471,13 @@ class StorageSource(Source):
             self._failures.emit(families(m.STORAGE_PROBE_FAILURES), src)
             if self.config.inventory:
                 self._inventory_errors.emit(families(m.STORAGE_INVENTORY_ERRORS), src)
+
+    def findings(self, snapshot: StorageSnapshot) -> list[Finding]:
+        failure = self.last_failure
+        if snapshot.probe_success or failure is None:
+            return []
+        return [Finding(CRITICAL, f"storage probe failing: {failure.reason} on"
+                                  f" {failure.operation}")]
 
     def failed_measurements(self, snapshot: StorageSnapshot) -> list[str]:
         failure = self.last_failure

@@ -49,6 +49,7 @@ from pipemon.secret import Secret
 from pipemon.sources.base import Source, SourceConfig
 from pipemon.sources.jobs import JobCounters, emit_gauges
 from pipemon.sources.trigger_api import Api, ApiError
+from pipemon.verdict import WARNING, Finding
 
 log = logging.getLogger(__name__)
 
@@ -382,6 +383,11 @@ class TriggerDevSource(Source):
             bound = min(bound, oldest - CLOCK_MARGIN)
         self._counted = {k: v for k, v in self._counted.items() if v >= bound}
         self._started = {k: v for k, v in self._started.items() if v >= bound}
+
+    def findings(self, snapshot: TriggerSnapshot) -> list[Finding]:
+        return [Finding(WARNING, f"queue {queue}: {count} runs executing longer than"
+                                 " stuck_after")
+                for queue, count in sorted(snapshot.stuck.items()) if count]
 
     # --- exposition ---
 
