@@ -321,8 +321,8 @@ class Pipeline:
                               " run_at = now() + make_interval(secs => %s) WHERE id = %s",
                               (backoff, job.id))
             return
-        self.conn.execute("UPDATE jobs SET status = %s, finished_at = now() WHERE id = %s",
-                          (outcome, job.id))
+        self.conn.execute("UPDATE jobs SET status = %s, finished_at = now(), error = %s"
+                          " WHERE id = %s", (outcome, _error_of(job, outcome), job.id))
         self.finished[(job.queue, outcome)] += 1
         if job.queue == ANALYSIS and not job.poison:
             # the analysis result; a failed analysis leaves a row without a timeline
@@ -369,3 +369,15 @@ class Pipeline:
                 fails = self.picked[queue] % FAIL_EVERY[queue] == 0
             self.running[job_id] = Running(job_id, queue, int(payload["track_id"]), now,
                                            now + seconds, attempts, poison, fails)
+
+
+def _error_of(job, outcome: str) -> str | None:
+    """The error code a failed job leaves, as the video guide's pipeline does (it triages by
+    them: examples/pipemon.yaml reads them as failure reasons)."""
+    if outcome != "failed":
+        return None
+    if job.poison:
+        return "VALIDATION_FAILED: corrupt upload"
+    if job.queue == STEMS and not job.fails:
+        return "STORAGE_UPLOAD_FAILED after 3 attempts"
+    return "FFMPEG_FAILED: exit code 1"

@@ -9,8 +9,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at  timestamptz,
     finished_at timestamptz,
     attempts    integer     NOT NULL DEFAULT 0,
-    payload     jsonb
+    payload     jsonb,
+    error       text        -- why a failed job failed (FFMPEG_FAILED, ...): failure_reason
 );
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS error text;
 -- gauges (jobs in active states, by queue and state) and the unmapped-state check
 CREATE INDEX IF NOT EXISTS jobs_status_queue_idx ON jobs (status, queue);
 -- incremental reads of finished and started jobs

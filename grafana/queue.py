@@ -18,6 +18,7 @@ from grafana.common import (
     runbook,
     stat,
     steps,
+    table,
     threshold,
     timeseries,
     to_dashboard,
@@ -113,6 +114,16 @@ def build() -> dict:
                             "{{source}}/{{queue}}")],
                      thresholds=above(threshold("queue_stuck_jobs"), count=True),
                      links=[runbook("PipemonQueueJobsStuck")]), 8, 8)
+    g.add(table("Top failure reasons", "Failed jobs over the dashboard's time range by the "
+                "reason the source's failure_reason gives (normalised; past max_reasons: "
+                "other), the ten most frequent.", "none",
+                [query("topk(10, sum by (source, queue, reason) (max without (instance, pod) "
+                       f"(increase(pipemon_queue_job_failures_total{{{SQ}}}[$__range]))))",
+                       instant=True, table=True)],
+                columns={"source": "Source", "queue": "Queue", "reason": "Reason",
+                         "Value": "Failed jobs"},
+                sort_by="Failed jobs",
+                links=[runbook("PipemonQueueFailureRatioHigh")]), 24, 7)
     g.add(timeseries("Time without a completion", "Seconds since a job of the queue last "
                      "completed (succeeded or failed), and the stall threshold: the queue's "
                      "normal gap between completions times "

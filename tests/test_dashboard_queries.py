@@ -129,9 +129,12 @@ class Pipeline:
             outcome = "failed" if queue == "separate" and i % 3 == 0 else "succeeded"
             if queue == "transcode" and i % 10 == 5:
                 outcome = "cancelled"
-            db.execute("UPDATE jobs SET status = %s, finished_at = now() WHERE queue = %s"
+            error = {0: "FFMPEG_FAILED", 3: "timeout after 31s"}.get(i % 6, "STORAGE_UPLOAD_FAILED")
+            db.execute("UPDATE jobs SET status = %s, finished_at = now(),"
+                       " error = CASE WHEN %s = 'failed' THEN %s END WHERE queue = %s"
                        " AND status = 'running' AND started_at < now() - interval '200 ms'"
-                       " AND started_at > now() - interval '1 hour'", (outcome, queue))
+                       " AND started_at > now() - interval '1 hour'",
+                       (outcome, outcome, error, queue))
             # a longer job finishes: its run time spreads the run-time histogram
             db.execute("INSERT INTO jobs (queue, status, created_at, run_at, started_at,"
                        " finished_at) SELECT %s, %s, now() - make_interval(secs => %s),"
@@ -161,7 +164,8 @@ def stack_sources(dsn: str, s3_url: str, scratch: Path) -> list[dict]:
         ("posts_by_type", "SELECT post_type, count(*) AS value FROM posts GROUP BY post_type"),
     )]
     return [
-        queue_source(dsn, interval="1s", timeout="900ms", unmapped_check_interval="1s"),
+        queue_source(dsn, interval="1s", timeout="900ms", unmapped_check_interval="1s",
+                     failure_reason="error"),
         {"name": "analysis", "kind": "analysis", "dsn": dsn, "interval": "1s",
          "timeout": "900ms", "table": "audio_events_cache",
          "columns": {"id": "id", "created_at": "created_at"},

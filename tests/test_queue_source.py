@@ -337,3 +337,41 @@ def _samples(app, name):
         for s in metric.samples:
             if s.name == name:
                 yield s.name, s.labels
+
+
+def test_failure_reasons_normalised_and_capped(make_app, pg_dsn, db):
+    """failure_reason maps an error column to `reason`: "timeout after 31s" and "... 32s" are
+    one reason, an id in a message does not make a new one, and past max_reasons: `other`."""
+    app = make_app([queue_source(pg_dsn, failure_reason="error", max_reasons=3)])
+    assert app.poll_all_once()
+    errors = ["FFMPEG_FAILED", "FFMPEG_FAILED", "timeout after 31s", "timeout after 32s",
+              "upload 9f8e7d6c5b4a3f21 refused", "upload 0a1b2c3d4e5f6a7b refused",
+              "  VALIDATION_FAILED\n", None]
+    for error in errors:
+        db.execute("INSERT INTO jobs (queue, status, started_at, finished_at, error)"
+                   " VALUES ('q', 'failed', now(), now(), %s)", (error,))
+    db.execute("INSERT INTO jobs (queue, status, started_at, finished_at, error)"
+               " VALUES ('q', 'succeeded', now(), now(), 'ignored: it succeeded')")
+    assert app.poll_all_once()
+
+    def failures(reason):
+        return sample(app, "pipemon_queue_job_failures_total", source="stems", queue="q",
+                      reason=reason)
+
+    # the first three distinct reasons (in finish order) are admitted, the rest folded
+    assert (failures("FFMPEG_FAILED"), failures("timeout after Ns"),
+            failures("upload ID refused")) == (2, 2, 2)
+    assert failures("other") == 2  # VALIDATION_FAILED and the missing one ("unknown")
+    assert finished(app, "q", "failed") == 8
+    assert sample(app, "pipemon_source_folded_label_values", source="stems",
+                  label="reason") == 2
+
+
+def test_normalised_reasons():
+    from pipemon.sources.jobs import normalise_reason
+
+    assert normalise_reason("  a\n  b ") == "a b"
+    assert normalise_reason("job 123e4567-e89b-12d3-a456-426614174000 lost") == "job ID lost"
+    assert normalise_reason("exit code 137 after 2.5s") == "exit code N after Ns"
+    assert normalise_reason(None) == normalise_reason("") == "unknown"
+    assert normalise_reason("x" * 200) == "x" * 64

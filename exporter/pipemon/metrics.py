@@ -78,6 +78,10 @@ QUEUE_FINISHED = Spec(
     "pipemon_queue_jobs_finished_total", "counter",
     "Jobs that reached a final state since pipemon started, by outcome.",
     ("source", "queue", "outcome"))
+QUEUE_FAILURE_REASONS = Spec(
+    "pipemon_queue_job_failures_total", "counter",
+    "Failed jobs by the reason the source's failure_reason gives (normalised: digits and ids"
+    " folded; past max_reasons distinct reasons, 'other').", ("source", "queue", "reason"))
 QUEUE_RUN_SECONDS = Spec(
     "pipemon_queue_job_run_seconds", "histogram",
     "Run time (start to finish) of finished jobs.", ("source", "queue", "outcome"))

@@ -6,6 +6,7 @@ rules and dashboards read one vocabulary whatever runs the jobs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from pipemon import metrics as m
@@ -23,6 +24,19 @@ ROWS_PER_PAGE = 5000
 ROWS_PER_POLL = 50000
 
 
+MAX_REASON_LENGTH = 64
+_ID = re.compile(r"\b(?=[0-9a-f-]*\d)[0-9a-f]{8,}(?:-[0-9a-f]{4,})*\b", re.IGNORECASE)
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def normalise_reason(raw) -> str:
+    """One label value per kind of failure: trimmed, one line, ids and numbers folded (so
+    "timeout after 31s" and "timeout after 32s" are one reason), cut short."""
+    text = " ".join(str(raw or "").split())
+    text = _NUMBER.sub("N", _ID.sub("ID", text))
+    return text[:MAX_REASON_LENGTH].rstrip() or "unknown"
+
+
 class JobCounters:
     """Finished jobs by (queue, outcome), run times by (queue, outcome) and wait times by
     queue, for the queues a source has seen. Not thread-safe: guard with the owner's lock.
@@ -31,7 +45,10 @@ class JobCounters:
     finished); one that cannot see starts keeps no run or wait times.
     """
 
-    def __init__(self, finished: bool = True, started: bool = True):
+    def __init__(self, finished: bool = True, started: bool = True,
+                 reasons: m.LabelCap | None = None):
+        self._reasons = reasons  # failure reasons kept, with their cap (None: not read)
+        self._failures = m.CounterSet()
         self._finished = m.CounterSet() if finished else None
         self._run_seconds = m.HistogramSet(m.JOB_SECONDS_BUCKETS) if finished and started \
             else None
@@ -47,9 +64,12 @@ class JobCounters:
         if self._wait_seconds is not None:
             self._wait_seconds.ensure((queue,))
 
-    def finished(self, queue: str, outcome: str, run_seconds: float | None) -> None:
+    def finished(self, queue: str, outcome: str, run_seconds: float | None,
+                 reason=None) -> None:
         self.ensure(queue)
         self._finished.inc((queue, outcome))
+        if outcome == "failed" and self._reasons is not None:
+            self._failures.inc((queue, self._reasons(normalise_reason(reason))))
         if run_seconds is not None and self._run_seconds is not None:
             self._run_seconds.observe((queue, outcome), run_seconds)
 
@@ -59,6 +79,10 @@ class JobCounters:
             self._wait_seconds.observe((queue,), wait_seconds)
 
     def emit(self, families: m.Families, source: str) -> None:
+        if self._reasons is not None:
+            self._failures.emit(families(m.QUEUE_FAILURE_REASONS), (source,))
+            families(m.FOLDED_LABEL_VALUES).add_metric([source, "reason"],
+                                                       len(self._reasons.folded))
         for spec, values in ((m.QUEUE_FINISHED, self._finished),
                              (m.QUEUE_RUN_SECONDS, self._run_seconds),
                              (m.QUEUE_WAIT_SECONDS, self._wait_seconds)):

@@ -86,6 +86,12 @@ class QueueConfig(PgConfig):
                        string, only_when=GENERIC_ONLY)
     columns: QueueColumns = section(QueueColumns, "`generic`: the job table's columns.",
                                     required=True, only_when=GENERIC_ONLY)
+    failure_reason: str | None = value(
+        "`generic`: SQL expression of why a failed job failed (a column such as `error`, or"
+        " e.g. `payload->>'error_code'`): `pipemon_queue_job_failures_total{reason}`,"
+        " normalised; none: not read.", string, None, only_when=GENERIC_ONLY)
+    max_reasons: int = value("Distinct failure reasons exported at most; later ones are"
+                             " `other`.", positive_int, 20)
     states: dict[str, str] = mapping(
         "`generic`: raw state value -> pipemon state (one of"
         f" {', '.join(STATES)}); raw states not listed are not read, and counted in"
@@ -137,6 +143,7 @@ class QueueSnapshot:
 class QueueSource(PgSource):
     config_type = QueueConfig
     specs = (m.QUEUE_JOBS, m.QUEUE_OLDEST_WAITING, m.QUEUE_STUCK, m.QUEUE_FINISHED,
+             m.QUEUE_FAILURE_REASONS,
              m.QUEUE_RUN_SECONDS, m.QUEUE_WAIT_SECONDS, m.QUEUE_UNMAPPED,
              m.QUEUE_PERMANENTLY_FAILED)
 
@@ -148,7 +155,9 @@ class QueueSource(PgSource):
         self.queue_cap = m.LabelCap(config.max_queues)
         self.raw_state_cap = m.LabelCap(MAX_RAW_STATES)
         self._lock = threading.Lock()
-        self._jobs = JobCounters(self.preset.has_finished, self.preset.has_started)
+        self._jobs = JobCounters(self.preset.has_finished, self.preset.has_started,
+                                 m.LabelCap(config.max_reasons) if config.failure_reason
+                                 else None)
         self._last_active: dict[str, datetime] = {}
         self._unmapped: dict[str, int] = {}
         self._unmapped_checked_at: float | None = None
@@ -217,10 +226,10 @@ class QueueSource(PgSource):
             jobs[(queue, state)] = jobs.get((queue, state), 0) + count
             oldest[queue] = max(oldest.get(queue, 0.0), oldest_waiting)
             stuck[queue] = stuck.get(queue, 0) + stuck_count
-        for _id, ts, raw_queue, outcome, run_seconds in finished:
+        for _id, ts, raw_queue, outcome, run_seconds, *reason in finished:
             queue = self._queue(raw_queue)
             self._touch(queue, ts)
-            self._jobs.finished(queue, outcome, run_seconds)
+            self._jobs.finished(queue, outcome, run_seconds, *reason)
             if outcome in ("succeeded", "failed"):
                 self._completions.setdefault(queue, deque(maxlen=MAX_COMPLETIONS)).append(ts)
         for _id, ts, raw_queue, wait_seconds in started:

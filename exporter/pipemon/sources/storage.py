@@ -255,11 +255,14 @@ class StorageSource(Source):
         self._leftovers: dict[str, float] = {}  # key -> when its probe failed (monotonic)
         self._deleted: set[str] = set()  # leftovers deleted once, deleted again until late
         self.last_failure: ProbeFailure | None = None
+        # Made now, not in the first poll: loading botocore's service model takes a good part
+        # of a second on a busy machine, which would eat the first poll's deadline.
+        self.client()
 
     # --- the client ---
 
     def client(self):
-        """One client per source, made on first use; boto3 clients are thread-safe."""
+        """One client per source (made again after close()); boto3 clients are thread-safe."""
         if self._client is None:
             cfg = self.config
             per_attempt = cfg.timeout / cfg.max_attempts  # a call with its retries ~ timeout

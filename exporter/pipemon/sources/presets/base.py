@@ -6,7 +6,8 @@ source never needs to know which library it reads:
 - `active_sql()`: one row per active job: (queue, state, ready_at, stuck), where state is
   `scheduled`, `waiting`, `running`, `retrying` or, for libraries that keep them, `failed` for
   permanently failed jobs still in the table. `aggregate()` groups them.
-- `finished_sql(with_after)`: jobs finished since %(since)s: (id, ts, queue, outcome, run_seconds).
+- `finished_sql(with_after)`: jobs finished since %(since)s: (id, ts, queue, outcome, run_seconds)
+  and, where the preset can say why a job failed, a sixth column: the reason (text).
 - `started_sql(with_after)`: jobs started since %(since)s: (id, ts, queue, wait_seconds).
 Both incremental queries use `incremental.keyset()` for their WHERE tail and ORDER BY.
 """

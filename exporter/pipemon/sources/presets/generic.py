@@ -79,11 +79,15 @@ class GenericPreset(Preset):
     def finished_sql(self, with_after: bool) -> sql.Composable:
         p = self.parts
         condition, tail = keyset(p["finished_at"], p["id"], with_after)
+        # The operator's SQL expression of why a job failed, like `success` of analysis
+        # sources; the transaction is read-only.
+        reason = sql.SQL(f"({self.config.failure_reason})::text" if self.config.failure_reason
+                         else "NULL::text")
         return sql.SQL(
             "SELECT {id}, ({finished_at})::timestamptz, {queue}::text, {outcome},"
-            " extract(epoch FROM {finished_at} - {started_at})::float8"
+            " extract(epoch FROM {finished_at} - {started_at})::float8, {reason}"
             " FROM {rel} WHERE {condition} AND {state} IN ({final}){where_queue}{tail}"
-        ).format(condition=condition, tail=tail, final=self.raw(*OUTCOMES),
+        ).format(condition=condition, tail=tail, final=self.raw(*OUTCOMES), reason=reason,
                  outcome=self._to_pipemon(OUTCOMES), where_queue=self.where_queue, **p)
 
     def started_sql(self, with_after: bool) -> sql.Composable:
