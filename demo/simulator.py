@@ -44,6 +44,8 @@ TICK = 1.0
 TRACKS_PER_SECOND = 0.5
 STEMS = "stem-separation"
 ANALYSIS = "audio-analysis"
+# The stage each queue's jobs run, in the product guide's words (examples/pipemon.yaml reads it).
+STAGE_OF = {STEMS: "PREPARATION", ANALYSIS: "ANALYSIS"}
 WORKERS = {STEMS: 8, ANALYSIS: 4}  # per queue, when nothing waits
 MAX_WORKERS = {STEMS: 24, ANALYSIS: 12}  # the autoscaler adds a worker per 4 jobs ready to run
 RUN_SECONDS = {STEMS: (6.0, 14.0), ANALYSIS: (2.0, 5.0)}
@@ -299,8 +301,9 @@ class Pipeline:
         payload = {"track_id": track}
         if poison:
             payload["poison"] = True
-        job = self.conn.execute("INSERT INTO jobs (queue, payload) VALUES (%s, %s) RETURNING id",
-                                (queue, Jsonb(payload))).fetchone()[0]
+        job = self.conn.execute(
+            "INSERT INTO jobs (queue, payload, stage) VALUES (%s, %s, %s) RETURNING id",
+            (queue, Jsonb(payload), STAGE_OF[queue])).fetchone()[0]
         self.enqueued[queue] += 1
         if queue == STEMS and not poison and self.enqueued[queue] % CANCEL_EVERY == 0:
             self.to_cancel.append((time.monotonic() + 2.0, job))

@@ -10,9 +10,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at timestamptz,
     attempts    integer     NOT NULL DEFAULT 0,
     payload     jsonb,
-    error       text        -- why a failed job failed (FFMPEG_FAILED, ...): failure_reason
+    error       text,       -- why a failed job failed (FFMPEG_FAILED, ...): failure_reason
+    stage       text        -- the pipeline stage the job runs (MERGING, ...): stage
 );
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS error text;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS stage text;
 -- gauges (jobs in active states, by queue and state) and the unmapped-state check
 CREATE INDEX IF NOT EXISTS jobs_status_queue_idx ON jobs (status, queue);
 -- incremental reads of finished and started jobs

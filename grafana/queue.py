@@ -114,6 +114,14 @@ def build() -> dict:
                             "{{source}}/{{queue}}")],
                      thresholds=above(threshold("queue_stuck_jobs"), count=True),
                      links=[runbook("PipemonQueueJobsStuck")]), 8, 8)
+    g.add(timeseries("Time per stage (p50 / p95)", "Where a job's time goes, stage by stage "
+                     "(the source's `stage`): run-time percentiles per stage over 5m.", "s",
+                     [query("histogram_quantile(0.5, sum by (stage, le) (max without (instance, "
+                            "pod) (rate(pipemon_queue_stage_job_run_seconds_bucket"
+                            f"{{{SQ}}}[5m]))))", "{{stage}} p50"),
+                      query("histogram_quantile(0.95, sum by (stage, le) (max without (instance,"
+                            " pod) (rate(pipemon_queue_stage_job_run_seconds_bucket"
+                            f"{{{SQ}}}[5m]))))", "{{stage}} p95")]), 24, 8)
     g.add(table("Top failure reasons", "Failed jobs over the dashboard's time range by the "
                 "reason the source's failure_reason gives (normalised; past max_reasons: "
                 "other), the ten most frequent.", "none",

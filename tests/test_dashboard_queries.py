@@ -118,9 +118,10 @@ class Pipeline:
         run = self.RUNS[i % len(self.RUNS)]
         for queue in ("separate", "transcode"):
             # a new job, ready `wait` seconds ago
-            db.execute("INSERT INTO jobs (queue, status, created_at, run_at) VALUES"
+            db.execute("INSERT INTO jobs (queue, status, created_at, run_at, stage) VALUES"
                        " (%s, 'waiting', now() - make_interval(secs => %s),"
-                       " now() - make_interval(secs => %s))", (queue, wait, wait))
+                       " now() - make_interval(secs => %s), %s)",
+                       (queue, wait, wait, ("MERGING", "COMPRESSION")[i % 2]))
             # a worker takes the oldest waiting job (its wait is observed)
             db.execute("UPDATE jobs SET status = 'running', started_at = now() WHERE id ="
                        " (SELECT id FROM jobs WHERE queue = %s AND status = 'waiting'"
@@ -165,7 +166,7 @@ def stack_sources(dsn: str, s3_url: str, scratch: Path) -> list[dict]:
     )]
     return [
         queue_source(dsn, interval="1s", timeout="900ms", unmapped_check_interval="1s",
-                     failure_reason="error"),
+                     failure_reason="error", stage="stage"),
         {"name": "analysis", "kind": "analysis", "dsn": dsn, "interval": "1s",
          "timeout": "900ms", "table": "audio_events_cache",
          "columns": {"id": "id", "created_at": "created_at"},

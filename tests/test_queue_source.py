@@ -375,3 +375,31 @@ def test_normalised_reasons():
     assert normalise_reason("exit code 137 after 2.5s") == "exit code N after Ns"
     assert normalise_reason(None) == normalise_reason("") == "unknown"
     assert normalise_reason("x" * 200) == "x" * 64
+
+
+def test_run_and_wait_times_per_stage(make_app, pg_dsn, db):
+    """`stage` labels jobs by the pipeline stage they run, beside their queue."""
+    app = make_app([queue_source(pg_dsn, stage="stage", max_stages=2)])
+    assert app.poll_all_once()
+    for stage, run, status in (("MERGING", 40, "succeeded"), ("MERGING", 50, "failed"),
+                               ("COMPRESSION", 5, "succeeded"), ("CLEANUP", 1, "succeeded")):
+        db.execute("INSERT INTO jobs (queue, status, stage, created_at, run_at, started_at,"
+                   " finished_at) VALUES ('q', %s, %s, now() - interval '100 s',"
+                   " now() - interval '100 s', now() - make_interval(secs => %s), now())",
+                   (status, stage, run))
+    assert app.poll_all_once()
+
+    def stage_sample(name, **labels):
+        return sample(app, f"pipemon_queue_stage_{name}", source="stems", queue="q", **labels)
+
+    assert stage_sample("jobs_finished_total", stage="MERGING", outcome="failed") == 1
+    assert stage_sample("job_run_seconds_sum", stage="MERGING", outcome="succeeded") == \
+        pytest.approx(40, abs=1)
+    assert stage_sample("job_run_seconds_count", stage="COMPRESSION", outcome="succeeded") == 1
+    assert stage_sample("jobs_finished_total", stage="other", outcome="succeeded") == 1  # cap 2
+    db.execute("INSERT INTO jobs (queue, status, stage, created_at, run_at, started_at)"
+               " VALUES ('q', 'running', 'MERGING', now() - interval '7 s',"
+               " now() - interval '7 s', now())")
+    assert app.poll_all_once()
+    assert stage_sample("job_wait_seconds_sum", stage="MERGING") == pytest.approx(7, abs=1)
+    assert finished(app, "q", "succeeded") == 3  # the queue's own series are unchanged

@@ -82,6 +82,16 @@ QUEUE_FAILURE_REASONS = Spec(
     "pipemon_queue_job_failures_total", "counter",
     "Failed jobs by the reason the source's failure_reason gives (normalised: digits and ids"
     " folded; past max_reasons distinct reasons, 'other').", ("source", "queue", "reason"))
+QUEUE_STAGE_FINISHED = Spec(
+    "pipemon_queue_stage_jobs_finished_total", "counter",
+    "Jobs that reached a final state, by the stage the source's `stage` gives, and outcome.",
+    ("source", "queue", "stage", "outcome"))
+QUEUE_STAGE_RUN_SECONDS = Spec(
+    "pipemon_queue_stage_job_run_seconds", "histogram",
+    "Run time of finished jobs by stage and outcome.", ("source", "queue", "stage", "outcome"))
+QUEUE_STAGE_WAIT_SECONDS = Spec(
+    "pipemon_queue_stage_job_wait_seconds", "histogram",
+    "Wait of started jobs by stage, from ready to started.", ("source", "queue", "stage"))
 QUEUE_RUN_SECONDS = Spec(
     "pipemon_queue_job_run_seconds", "histogram",
     "Run time (start to finish) of finished jobs.", ("source", "queue", "outcome"))

@@ -46,9 +46,13 @@ class JobCounters:
     """
 
     def __init__(self, finished: bool = True, started: bool = True,
-                 reasons: m.LabelCap | None = None):
+                 reasons: m.LabelCap | None = None, stages: m.LabelCap | None = None):
         self._reasons = reasons  # failure reasons kept, with their cap (None: not read)
         self._failures = m.CounterSet()
+        self._stages = stages  # stages kept, with their cap (None: not read)
+        self._stage_finished = m.CounterSet()
+        self._stage_run = m.HistogramSet(m.JOB_SECONDS_BUCKETS)
+        self._stage_wait = m.HistogramSet(m.JOB_SECONDS_BUCKETS)
         self._finished = m.CounterSet() if finished else None
         self._run_seconds = m.HistogramSet(m.JOB_SECONDS_BUCKETS) if finished and started \
             else None
@@ -65,24 +69,40 @@ class JobCounters:
             self._wait_seconds.ensure((queue,))
 
     def finished(self, queue: str, outcome: str, run_seconds: float | None,
-                 reason=None) -> None:
+                 reason=None, stage=None) -> None:
         self.ensure(queue)
         self._finished.inc((queue, outcome))
         if outcome == "failed" and self._reasons is not None:
             self._failures.inc((queue, self._reasons(normalise_reason(reason))))
         if run_seconds is not None and self._run_seconds is not None:
             self._run_seconds.observe((queue, outcome), run_seconds)
+        if self._stages is not None:
+            labels = (queue, self._stage(stage), outcome)
+            self._stage_finished.inc(labels)
+            if run_seconds is not None and self._run_seconds is not None:
+                self._stage_run.observe(labels, run_seconds)
 
-    def started(self, queue: str, wait_seconds: float | None) -> None:
+    def _stage(self, raw) -> str:
+        return self._stages(" ".join(str(raw).split()) if raw else "none")
+
+    def started(self, queue: str, wait_seconds: float | None, stage=None) -> None:
         self.ensure(queue)
         if wait_seconds is not None:
             self._wait_seconds.observe((queue,), wait_seconds)
+            if self._stages is not None:
+                self._stage_wait.observe((queue, self._stage(stage)), wait_seconds)
 
     def emit(self, families: m.Families, source: str) -> None:
         if self._reasons is not None:
             self._failures.emit(families(m.QUEUE_FAILURE_REASONS), (source,))
             families(m.FOLDED_LABEL_VALUES).add_metric([source, "reason"],
                                                        len(self._reasons.folded))
+        if self._stages is not None:
+            self._stage_finished.emit(families(m.QUEUE_STAGE_FINISHED), (source,))
+            self._stage_run.emit(families(m.QUEUE_STAGE_RUN_SECONDS), (source,))
+            self._stage_wait.emit(families(m.QUEUE_STAGE_WAIT_SECONDS), (source,))
+            families(m.FOLDED_LABEL_VALUES).add_metric([source, "stage"],
+                                                       len(self._stages.folded))
         for spec, values in ((m.QUEUE_FINISHED, self._finished),
                              (m.QUEUE_RUN_SECONDS, self._run_seconds),
                              (m.QUEUE_WAIT_SECONDS, self._wait_seconds)):

@@ -92,6 +92,12 @@ class QueueConfig(PgConfig):
         " normalised; none: not read.", string, None, only_when=GENERIC_ONLY)
     max_reasons: int = value("Distinct failure reasons exported at most; later ones are"
                              " `other`.", positive_int, 20)
+    stage: str | None = value(
+        "`generic`: SQL expression of the job's pipeline stage (a column, or e.g."
+        " `payload->>'stage'`): run and wait times and finishes per stage"
+        " (`pipemon_queue_stage_*`); none: not read.", string, None, only_when=GENERIC_ONLY)
+    max_stages: int = value("Distinct stages exported at most; later ones are `other`.",
+                            positive_int, 20)
     states: dict[str, str] = mapping(
         "`generic`: raw state value -> pipemon state (one of"
         f" {', '.join(STATES)}); raw states not listed are not read, and counted in"
@@ -143,7 +149,8 @@ class QueueSnapshot:
 class QueueSource(PgSource):
     config_type = QueueConfig
     specs = (m.QUEUE_JOBS, m.QUEUE_OLDEST_WAITING, m.QUEUE_STUCK, m.QUEUE_FINISHED,
-             m.QUEUE_FAILURE_REASONS,
+             m.QUEUE_FAILURE_REASONS, m.QUEUE_STAGE_FINISHED, m.QUEUE_STAGE_RUN_SECONDS,
+             m.QUEUE_STAGE_WAIT_SECONDS,
              m.QUEUE_RUN_SECONDS, m.QUEUE_WAIT_SECONDS, m.QUEUE_UNMAPPED,
              m.QUEUE_PERMANENTLY_FAILED)
 
@@ -155,9 +162,10 @@ class QueueSource(PgSource):
         self.queue_cap = m.LabelCap(config.max_queues)
         self.raw_state_cap = m.LabelCap(MAX_RAW_STATES)
         self._lock = threading.Lock()
-        self._jobs = JobCounters(self.preset.has_finished, self.preset.has_started,
-                                 m.LabelCap(config.max_reasons) if config.failure_reason
-                                 else None)
+        self._jobs = JobCounters(
+            self.preset.has_finished, self.preset.has_started,
+            m.LabelCap(config.max_reasons) if config.failure_reason else None,
+            m.LabelCap(config.max_stages) if config.stage else None)
         self._last_active: dict[str, datetime] = {}
         self._unmapped: dict[str, int] = {}
         self._unmapped_checked_at: float | None = None
@@ -226,16 +234,16 @@ class QueueSource(PgSource):
             jobs[(queue, state)] = jobs.get((queue, state), 0) + count
             oldest[queue] = max(oldest.get(queue, 0.0), oldest_waiting)
             stuck[queue] = stuck.get(queue, 0) + stuck_count
-        for _id, ts, raw_queue, outcome, run_seconds, *reason in finished:
+        for _id, ts, raw_queue, outcome, run_seconds, *reason_stage in finished:
             queue = self._queue(raw_queue)
             self._touch(queue, ts)
-            self._jobs.finished(queue, outcome, run_seconds, *reason)
+            self._jobs.finished(queue, outcome, run_seconds, *reason_stage)
             if outcome in ("succeeded", "failed"):
                 self._completions.setdefault(queue, deque(maxlen=MAX_COMPLETIONS)).append(ts)
-        for _id, ts, raw_queue, wait_seconds in started:
+        for _id, ts, raw_queue, wait_seconds, *stage in started:
             queue = self._queue(raw_queue)
             self._touch(queue, ts)
-            self._jobs.started(queue, wait_seconds)
+            self._jobs.started(queue, wait_seconds, *stage)
         if unmapped is not None:
             self._record_unmapped(unmapped)
         # Queues seen recently (or configured) are exported with every state, zeros included.

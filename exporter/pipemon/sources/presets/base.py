@@ -7,8 +7,9 @@ source never needs to know which library it reads:
   `scheduled`, `waiting`, `running`, `retrying` or, for libraries that keep them, `failed` for
   permanently failed jobs still in the table. `aggregate()` groups them.
 - `finished_sql(with_after)`: jobs finished since %(since)s: (id, ts, queue, outcome, run_seconds)
-  and, where the preset can say why a job failed, a sixth column: the reason (text).
-- `started_sql(with_after)`: jobs started since %(since)s: (id, ts, queue, wait_seconds).
+  and, where the preset can tell, (reason, stage) as text.
+- `started_sql(with_after)`: jobs started since %(since)s: (id, ts, queue, wait_seconds) and,
+  where the preset can tell, the stage.
 Both incremental queries use `incremental.keyset()` for their WHERE tail and ORDER BY.
 """
 

@@ -79,15 +79,12 @@ class GenericPreset(Preset):
     def finished_sql(self, with_after: bool) -> sql.Composable:
         p = self.parts
         condition, tail = keyset(p["finished_at"], p["id"], with_after)
-        # The operator's SQL expression of why a job failed, like `success` of analysis
-        # sources; the transaction is read-only.
-        reason = sql.SQL(f"({self.config.failure_reason})::text" if self.config.failure_reason
-                         else "NULL::text")
         return sql.SQL(
             "SELECT {id}, ({finished_at})::timestamptz, {queue}::text, {outcome},"
-            " extract(epoch FROM {finished_at} - {started_at})::float8, {reason}"
+            " extract(epoch FROM {finished_at} - {started_at})::float8, {reason}, {stage}"
             " FROM {rel} WHERE {condition} AND {state} IN ({final}){where_queue}{tail}"
-        ).format(condition=condition, tail=tail, final=self.raw(*OUTCOMES), reason=reason,
+        ).format(condition=condition, tail=tail, final=self.raw(*OUTCOMES),
+                 reason=_text(self.config.failure_reason), stage=_text(self.config.stage),
                  outcome=self._to_pipemon(OUTCOMES), where_queue=self.where_queue, **p)
 
     def started_sql(self, with_after: bool) -> sql.Composable:
@@ -95,9 +92,10 @@ class GenericPreset(Preset):
         condition, tail = keyset(p["started_at"], p["id"], with_after)
         return sql.SQL(
             "SELECT {id}, ({started_at})::timestamptz, {queue}::text,"
-            " extract(epoch FROM {started_at} - greatest({created_at}, {available_at}))::float8"
-            " FROM {rel} WHERE {condition}{where_queue}{tail}"
-        ).format(condition=condition, tail=tail, where_queue=self.where_queue, **p)
+            " extract(epoch FROM {started_at} - greatest({created_at}, {available_at}))::float8,"
+            " {stage} FROM {rel} WHERE {condition}{where_queue}{tail}"
+        ).format(condition=condition, tail=tail, where_queue=self.where_queue,
+                 stage=_text(self.config.stage), **p)
 
     def unmapped(self, cur: Cursor) -> list[tuple[str, int]]:
         if self._state_indexed(cur):
@@ -143,3 +141,9 @@ class GenericPreset(Preset):
             ") AS found(raw, jobs)"
         ).format(mapped=literals(self.config.states), where_queue=self.where_queue,
                  **self.parts)
+
+
+def _text(expression: str | None) -> sql.Composable:
+    """An operator's SQL expression (failure_reason, stage) as text, like `success` of analysis
+    sources (the transaction is read-only), or NULL when it is not set."""
+    return sql.SQL(f"({expression})::text" if expression else "NULL::text")
