@@ -16,9 +16,9 @@ from psycopg import sql
 from pipemon import metrics as m
 from pipemon.db import relation
 from pipemon.incremental import IncrementalReader, keyset
-from pipemon.schema import Checked, duration, positive_int, ratio, section, string, value
-from pipemon.sources.jobs import RESULT_OUTCOMES, ROWS_PER_PAGE, ROWS_PER_POLL
-from pipemon.sources.pg import PgConfig, PgSource
+from pipemon.schema import Checked, positive_int, ratio, section, string, value
+from pipemon.sources.jobs import RESULT_OUTCOMES
+from pipemon.sources.pg import IncrementalPgConfig, PgSource
 from pipemon.verdict import WARNING, Finding
 
 
@@ -36,7 +36,7 @@ class AnalysisColumns(Checked):
 
 
 @dataclass(frozen=True, kw_only=True)
-class AnalysisConfig(PgConfig):
+class AnalysisConfig(IncrementalPgConfig):
     table: str = value("Table, view, `schema.table` or parenthesised subquery of the results.",
                        string, "audio_events_cache")
     columns: AnalysisColumns | None = section(
@@ -46,12 +46,6 @@ class AnalysisConfig(PgConfig):
     duration_seconds: str | None = value(
         "SQL expression of a row's processing time in seconds (none: no duration histogram).",
         string, None)
-    late_commit_window: float = value(
-        "How far back each poll looks again for rows committed late.", duration, 120.0)
-    page_size: int = value("Rows per page of an incremental read.", positive_int, ROWS_PER_PAGE)
-    max_rows_per_poll: int = value(
-        "Rows read per poll at most; a burst is caught up over the next polls.", positive_int,
-        ROWS_PER_POLL)
 
     success_ratio_warning: float = value(
         "The verdict on /health warns when the share of successful results over the last hour"

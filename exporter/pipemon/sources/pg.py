@@ -9,9 +9,10 @@ from psycopg.conninfo import conninfo_to_dict
 
 from pipemon.db import DB_ERROR_REASONS, PgSession, describe_dsn, dsn_secrets
 from pipemon.errors import redact
-from pipemon.schema import secret
+from pipemon.schema import duration, positive_int, secret, value
 from pipemon.secret import Secret
 from pipemon.sources.base import Source, SourceConfig
+from pipemon.sources.jobs import ROWS_PER_PAGE, ROWS_PER_POLL
 
 
 def valid_dsn(dsn: Secret) -> None:
@@ -30,6 +31,18 @@ class PgConfig(SourceConfig):
 
     def secrets(self) -> list[str]:
         return dsn_secrets(self.dsn)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IncrementalPgConfig(PgConfig):
+    """The keys of a source that reads new rows incrementally (pipemon.incremental)."""
+
+    late_commit_window: float = value(
+        "How far back each poll looks again for rows committed late.", duration, 120.0)
+    page_size: int = value("Rows per page of an incremental read.", positive_int, ROWS_PER_PAGE)
+    max_rows_per_poll: int = value(
+        "Rows read per poll at most; a burst is caught up over the next polls.", positive_int,
+        ROWS_PER_POLL)
 
 
 class PgSource(Source):

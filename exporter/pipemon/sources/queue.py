@@ -33,13 +33,11 @@ from pipemon.schema import (
 )
 from pipemon.sources.jobs import (
     ACTIVE_STATES,
-    ROWS_PER_PAGE,
-    ROWS_PER_POLL,
     STATES,
     JobCounters,
     emit_gauges,
 )
-from pipemon.sources.pg import PgConfig, PgSource
+from pipemon.sources.pg import IncrementalPgConfig, PgSource
 from pipemon.sources.presets.base import Preset
 from pipemon.sources.presets.generic import GenericPreset
 from pipemon.sources.presets.graphile_worker import GraphileWorkerPreset
@@ -79,7 +77,7 @@ class QueueColumns(Checked):
 
 
 @dataclass(frozen=True, kw_only=True)
-class QueueConfig(PgConfig):
+class QueueConfig(IncrementalPgConfig):
     preset: str = value("The queue library whose tables are read, or `generic` for a table of"
                         " your own.", one_of(*PRESETS), "generic")
     table: str = value("`generic`: the job table, view or parenthesised subquery.",
@@ -108,8 +106,6 @@ class QueueConfig(PgConfig):
         " `pgboss`; procrastinate: the search path).", name, None, key="schema")
     stuck_after: float = value("A job running for longer is stuck (`pipemon_queue_stuck_jobs`).",
                                positive_duration, 1800.0)
-    late_commit_window: float = value(
-        "How far back each poll looks again for jobs committed late.", duration, 120.0)
     queues: tuple[str, ...] = value("Only these queues; each is exported even while empty.",
                                     string_list, (), shown_default="all")
     default_queue: str = value("The queue name of jobs without one.", name, "default")
@@ -120,10 +116,6 @@ class QueueConfig(PgConfig):
     unmapped_check_interval: float = value(
         "`generic`: how often to look for raw states missing from `states` (0s: never).",
         duration, 300.0)
-    page_size: int = value("Rows per page of an incremental read.", positive_int, ROWS_PER_PAGE)
-    max_rows_per_poll: int = value(
-        "Rows read per poll at most; a burst is caught up over the next polls.", positive_int,
-        ROWS_PER_POLL)
     oldest_waiting_warning: float = value(
         "The verdict on /health warns when a queue's oldest waiting job has waited longer (as"
         " PipemonQueueOldestJobTooOld).", positive_duration, 600.0)
@@ -266,10 +258,10 @@ class QueueSource(PgSource):
             if not jobs.get((queue, "waiting")) or len(times) < 2:
                 continue
             last = max(times)
-            hour = sorted(t for t in times if t >= last - HOUR)
+            hour = [t for t in times if t >= last - HOUR]
             if len(hour) < 2:
                 continue
-            gap = (hour[-1] - hour[0]).total_seconds() / (len(hour) - 1)
+            gap = (last - min(hour)).total_seconds() / (len(hour) - 1)
             since = (db_now - last).total_seconds()
             if since > max(self.config.stall_gaps * gap, self.config.stall_min):
                 stalled[queue] = (since, gap)
