@@ -81,8 +81,10 @@ class Exporter(Process):
 
     name = "pipemon"
 
-    def __init__(self, workdir: Path, sources: list[dict], extra_args: list[str] = (), **top):
+    def __init__(self, workdir: Path, sources: list[dict], extra_args: list[str] = (),
+                 env: dict[str, str] | None = None, **top):
         super().__init__(workdir)
+        self.env = env or {}  # added to this process's environment
         self.config = workdir / "pipemon.yaml"
         self.config.write_text(yaml.safe_dump({**top, "sources": sources}, sort_keys=False))
         self.extra_args = list(extra_args)
@@ -91,7 +93,7 @@ class Exporter(Process):
         """Start it and wait until every source has polled once (/readyz)."""
         self._spawn([sys.executable, "-m", "pipemon", "serve", "--config", str(self.config),
                      "--web.listen-address", f"127.0.0.1:{self.port}", *self.extra_args],
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                    env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
         self.wait_ready("/readyz", timeout)
         return self
 

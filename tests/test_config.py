@@ -8,6 +8,7 @@ import sys
 import pytest
 import yaml
 
+from pipemon import metrics as m
 from pipemon.config import ConfigError, interpolate, load
 from pipemon.kinds import KINDS
 from pipemon.schema import duration
@@ -112,6 +113,35 @@ def test_every_problem_is_reported_with_its_path(tmp_path):
         "extra: unknown key",
     ]
     assert sorted(lines) == sorted(f"{file}: {line}" for line in expected)
+
+
+def test_bucket_layouts_are_checked(tmp_path):
+    lines = problems_of(tmp_path, {"sources": [
+        queue(name="a", buckets={"run": ["1m", "30s"], "wait": {"min": "1s", "max": "1h"}}),
+        queue(name="b", buckets={"run": [f"{n}s" for n in range(1, 102)], "wait": "fine"}),
+        {"name": "c", "kind": "analysis", "dsn": "postgresql://u@h/d",
+         "buckets": {"duration": {"min": "1m", "max": "1s", "count": 5}, "colour": 1}},
+    ]})
+    file = str(tmp_path / "bad.yaml")
+    assert sorted(lines) == sorted(f"{file}: {line}" for line in [
+        "sources[0].buckets.run: bounds must increase, got 60s then 30s",
+        "sources[0].buckets.wait: expected the keys min, max and count, got min, max",
+        "sources[1].buckets.run: 101 bounds, at most 100: each is a series",
+        "sources[1].buckets.wait: expected a list of durations or a mapping with min, max and"
+        " count, got 'fine'",
+        "sources[2].buckets.duration: expected min < max and count >= 2",
+        "sources[2].buckets.colour: unknown key",
+    ])
+
+
+def test_a_log_scale_layout_is_rounded_to_three_digits(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text(yaml.safe_dump({"sources": [queue(buckets={
+        "run": {"min": "10s", "max": "10h", "count": 7}})]}))
+    (source,) = load(path, env={}).sources
+    # 3.9x apart, from 10 s to 10 h, as Go's ExponentialBucketsRange(10, 36000, 7) rounded
+    assert source.buckets.run == (10.0, 39.1, 153.0, 600.0, 2350.0, 9200.0, 36000.0)
+    assert source.buckets.wait == m.JOB_SECONDS_BUCKETS  # not given: the default layout
 
 
 def test_dsn_and_dsn_file_conflict_and_unreadable_file(tmp_path):

@@ -10,8 +10,9 @@ from testkit.app import queue_source, sample
 
 pytestmark = pytest.mark.postgres
 
-BUCKETS = ("1.0", "2.5", "5.0", "10.0", "30.0", "60.0", "120.0", "180.0", "300.0", "450.0",
-           "600.0", "900.0", "1200.0", "1800.0", "2700.0", "3600.0", "+Inf")
+BUCKETS = ("0.5", "1.0", "2.5", "5.0", "10.0", "20.0", "30.0", "45.0", "60.0", "90.0", "120.0",
+           "180.0", "240.0", "300.0", "450.0", "600.0", "900.0", "1200.0", "1800.0", "2700.0",
+           "3600.0", "5400.0", "7200.0", "10800.0", "14400.0", "21600.0", "43200.0", "+Inf")
 
 
 def insert(db, queue: str, n: int, status: str = "waiting", **sql_values: str) -> list[int]:
@@ -87,10 +88,9 @@ def test_finished_jobs_counted_exactly_with_run_time_histograms(app, db):
     assert finished(app, "stems", "succeeded") == 6
     assert finished(app, "stems", "failed") == 2
     assert finished(app, "stems", "cancelled") == 1
-    # cumulative buckets: 3 jobs <= 1 s, 2 in (180, 300], 1 above 3600
-    assert run_buckets(app, "stems", "succeeded") == \
-        [3, 3, 3, 3, 3, 3, 3, 3, 5, 5, 5, 5, 5, 5, 5, 5, 6]
-    assert run_buckets(app, "stems", "failed") == [0] * 5 + [2] * 12
+    # cumulative buckets: 3 jobs <= 0.5 s, 2 in (180, 240], 1 in (3600, 5400]
+    assert run_buckets(app, "stems", "succeeded") == [3] * 12 + [5] * 9 + [6] * 7
+    assert run_buckets(app, "stems", "failed") == [0] * 7 + [2] * 21  # 45 s: le="45.0"
     total = sample(app, "pipemon_queue_job_run_seconds_sum", source="stems", queue="stems",
                    outcome="succeeded")
     assert total == pytest.approx(3 * 0.5 + 2 * 200 + 4000, abs=0.1)
@@ -100,6 +100,30 @@ def test_finished_jobs_counted_exactly_with_run_time_histograms(app, db):
     assert finished(app, "stems", "succeeded") == 6
     assert sample(app, "pipemon_queue_job_run_seconds_count", source="stems", queue="stems",
                   outcome="succeeded") == 6
+
+
+def test_configured_buckets_listed_or_spaced_on_a_log_scale(make_app, pg_dsn, db):
+    # A transcoding queue whose jobs take hours: its own bounds, and no series for the rest.
+    app = make_app([queue_source(pg_dsn, buckets={
+        "run": ["1m", "30m", "2h", "8h"], "wait": {"min": "1s", "max": "100s", "count": 3}})])
+    ids = insert(db, "films", 3, created_at="now() - interval '1 minute'")
+    assert app.poll_all_once()
+    finish(db, ids, "succeeded", 3 * 3600)
+    assert app.poll_all_once()
+    les = lambda name: sorted(  # noqa: E731
+        labels["le"] for n, labels, _ in app_samples(app) if n == name)
+    assert les("pipemon_queue_job_run_seconds_bucket") == \
+        sorted(["60.0", "1800.0", "7200.0", "28800.0", "+Inf"] * 3)  # 3 outcomes
+    assert les("pipemon_queue_job_wait_seconds_bucket") == ["+Inf", "1.0", "10.0", "100.0"]
+    assert sample(app, "pipemon_queue_job_run_seconds_bucket", source="stems", queue="films",
+                  outcome="succeeded", le="7200.0") == 0
+    assert sample(app, "pipemon_queue_job_run_seconds_bucket", source="stems", queue="films",
+                  outcome="succeeded", le="28800.0") == 3
+
+
+def app_samples(app):
+    return [(s.name, s.labels, s.value) for family in app.registry.collect()
+            for s in family.samples]
 
 
 def test_wait_time_observed_when_jobs_start(app, db):

@@ -26,7 +26,7 @@ PACKAGE = ROOT / "exporter" / "pipemon"
 
 def config_classes() -> set[type]:
     """Every config class reachable from the registry (kinds, their sections and lists)."""
-    found, todo = set(), [Defaults, *(kind.config_type for kind in kinds.KINDS.values())]
+    found, todo = set(), [Defaults, *(kinds.source_class(k).config_type for k in kinds.KINDS)]
     while todo:
         cls = todo.pop()
         if cls not in found:
@@ -89,7 +89,7 @@ class CounterSource(Source):
 
 
 def test_a_new_kind_is_one_class_and_one_registry_line(tmp_path, monkeypatch):
-    monkeypatch.setitem(kinds.KINDS, "counter", CounterSource)
+    monkeypatch.setitem(kinds.KINDS, "counter", f"{__name__}:CounterSource")
     path = tmp_path / "pipemon.yaml"
     path.write_text("defaults: {timeout: 2s}\n"
                     "sources:\n  - {name: c, kind: counter, step: 3}\n"

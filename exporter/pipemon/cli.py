@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-import queue
+import select
 import signal
+import socket
 import sys
+from importlib import import_module
 
 import click
 from prometheus_client import generate_latest
 
 from pipemon import logs, webconfig
 from pipemon.app import VERSION, App
-from pipemon.backtest.command import backtest
 from pipemon.config import Config, ConfigError, load
 from pipemon.server import HttpServer, parse_listen_address
 
@@ -20,7 +21,6 @@ log = logging.getLogger("pipemon")
 
 EXIT_CONFIG = 2
 SHUTDOWN_SECONDS = 4.0
-SIGNAL_CHECK_SECONDS = 0.2
 WEB_CONFIG = "web config"  # what App.reload_failed/reload_succeeded track, next to "config"
 
 
@@ -42,7 +42,23 @@ def _summary(config: Config) -> str:
     return f"{config.file}: valid: {len(config.sources)} sources ({parts}): {names}"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Subcommands; `backtest` (Prometheus's rule engine, scenarios, reports) is imported only
+    when run, so that `serve` does not carry it in memory (bench/README.md, issue 19)."""
+
+    LAZY = {"backtest": "pipemon.backtest.command:backtest"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.LAZY:
+            module, _, attr = self.LAZY[name].partition(":")
+            return getattr(import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(VERSION, prog_name="pipemon")
 def main() -> None:
     """pipemon: a Prometheus exporter for media-processing pipelines."""
@@ -92,9 +108,7 @@ def serve(config_path: str, listen_address: str, web_config_path: str | None, lo
                    err=True)
         sys.exit(EXIT_CONFIG)
 
-    signals: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, lambda received, _frame: signals.put(received))
+    signals = _Signals((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
     web_reloader = None
     if web is not None:
         web_reloader = webconfig.Reloader(
@@ -106,7 +120,8 @@ def serve(config_path: str, listen_address: str, web_config_path: str | None, lo
     log.info("pipemon %s serving on %s://%s with %d sources", VERSION, scheme, listen_address,
              len(config.sources), extra={"listen_address": listen_address})
     idle = web_reloader.check if web_reloader else None
-    while (received := _next_signal(signals, idle)) == signal.SIGHUP:
+    while (received := signals.next(idle, web_reloader.check_every if web_reloader else None)
+           ) == signal.SIGHUP:
         _reload(app, config_path)
         if web_reloader:
             web_reloader.reload()
@@ -116,14 +131,26 @@ def serve(config_path: str, listen_address: str, web_config_path: str | None, lo
     log.info("stopped")
 
 
-def _next_signal(signals: queue.SimpleQueue, idle=None) -> int:
-    """The next signal received, calling `idle` between checks. The wait is bounded: the
-    kernel may deliver a signal to any thread, and Python runs handlers only when the main
-    thread wakes, so it must wake often."""
-    while True:
-        try:
-            return signals.get(timeout=SIGNAL_CHECK_SECONDS)
-        except queue.Empty:
+class _Signals:
+    """Waits for signals without waking up in between. The kernel may deliver a signal to any
+    thread, and Python runs handlers only in the main thread, so a main thread blocked in a
+    plain wait would not notice; polling for them woke the process 5 times a second, its main
+    cost when idle (bench/README.md, issue 19). Instead the C-level handler, in whichever
+    thread, writes the signal's number to a socket the main thread blocks on."""
+
+    def __init__(self, signums: tuple[int, ...]):
+        self._read, self._write = socket.socketpair()
+        self._write.setblocking(False)
+        signal.set_wakeup_fd(self._write.fileno(), warn_on_full_buffer=False)
+        for signum in signums:
+            signal.signal(signum, lambda _received, _frame: None)
+
+    def next(self, idle=None, idle_every: float | None = None) -> int:
+        """The next signal received, calling `idle` every `idle_every` seconds meanwhile."""
+        while True:
+            ready, _, _ = select.select([self._read], [], [], idle_every)
+            if ready:
+                return self._read.recv(1)[0]
             if idle is not None:
                 idle()
 
@@ -144,9 +171,39 @@ def _reload(app: App, config_path: str) -> None:
 
 @main.command("check-config")
 @click.argument("config_path", type=click.Path(dir_okay=False))
-def check_config(config_path: str) -> None:
+@click.option("--explain", is_flag=True,
+              help="Also plan each queue source's poll queries on its database (read-only) and"
+                   " say which read more than they should, with the index to create; exit 1"
+                   " if any does.")
+@click.option("--analyze", is_flag=True,
+              help="With --explain: run the queries too (EXPLAIN ANALYZE, still read-only).")
+def check_config(config_path: str, explain: bool, analyze: bool) -> None:
     """Validate a config file: exit 0 when valid, 2 with one line per problem when not."""
-    click.echo(_summary(_load_or_exit(config_path)))
+    config = _load_or_exit(config_path)
+    click.echo(_summary(config))
+    if explain and not _explain(config, analyze):
+        sys.exit(1)
+
+
+def _explain(config: Config, analyze: bool) -> bool:
+    """Each queue source's query plans, one line each; True when every one is as it should."""
+    from pipemon.errors import PollError
+    from pipemon.sources.presets.explain import explain_source
+
+    good = True
+    for source in config.sources:
+        if source.kind != "queue":
+            continue
+        try:
+            findings = explain_source(source, analyze)
+        except PollError as err:
+            click.echo(f"{source.name}: cannot plan: {err.reason}: {err.message}")
+            good = False
+            continue
+        for finding in findings:
+            click.echo(f"{source.name}: {finding}")
+            good = good and finding.ok
+    return good
 
 
 @main.command()
@@ -181,5 +238,3 @@ def once(config_path: str, log_level: str) -> None:
         click.echo(line, err=True)
     sys.exit(1 if failures else 0)
 
-
-main.add_command(backtest)

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from pipemon.kinds import KINDS
+from pipemon.kinds import KINDS, source_class
 from pipemon.schema import (
     UNRESOLVED,
     Checked,
@@ -132,7 +132,7 @@ def load(path: str | os.PathLike, env: dict[str, str] | None = None) -> Config:
         kind = node.get("kind", one_of(*sorted(KINDS)))
         if kind is None:
             continue
-        source = read(KINDS[kind].config_type, node, fixed={"kind": kind},
+        source = read(source_class(kind).config_type, node, fixed={"kind": kind},
                       defaults={"interval": defaults.interval, "timeout": defaults.timeout})
         sources.append((i, source))
 

@@ -222,6 +222,11 @@ class Cursor:
         self._cur = cur
         self._deadline = deadline
 
+    @property
+    def connection(self) -> psycopg.Connection:
+        """The session's connection, to render SQL text (`sql.Composable.as_string`)."""
+        return self._cur.connection
+
     def rows(self, query: sql.Composable | str, params: dict | None = None) -> list[tuple]:
         if time.monotonic() > self._deadline:
             raise PollError("timeout", "poll deadline passed before the next query")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipemon.config import Defaults
-from pipemon.kinds import KINDS
+from pipemon.kinds import KINDS, source_class
 from pipemon.schema import REQUIRED, Setting, default_of, key_of, settings
 from pipemon.sources.base import SourceConfig
 from pipemon.verdict import HealthConfig
@@ -93,7 +93,8 @@ def markdown() -> str:
              *HEADER, *table(Defaults), "",
              "### `health:`", "", "At the top of the file: what `/health` answers for the"
              " pipeline verdict (docs/exporter.md).", "", *HEADER, *table(HealthConfig), ""]
-    for kind, source in KINDS.items():
+    for kind in KINDS:
+        source = source_class(kind)
         summary = sys.modules[source.__module__].__doc__.strip().split("\n\n")[0]
         summary = " ".join(summary.split()).removeprefix(f"`kind: {kind}`: ")
         parts += [f"### `kind: {kind}`", "", summary[:1].upper() + summary[1:], "",

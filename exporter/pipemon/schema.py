@@ -13,6 +13,7 @@ trip; a value that does not parse reads as None (or its default) so that reading
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass
@@ -117,6 +118,36 @@ def one_of(*choices: str) -> Callable[[Any], str]:
         return value
 
     return parse
+
+
+MAX_BUCKETS = 100  # bounds per histogram: each is a series per label set
+
+
+@described("list of durations, or {min, max, count}")
+def bucket_layout(value: Any) -> tuple[float, ...]:
+    """Histogram bounds: listed (`[1s, 30s, 5m, 1h]`), or `count` bounds evenly spaced on a
+    log scale from `min` to `max` (Go's ExponentialBucketsRange), rounded to 3 digits."""
+    if isinstance(value, dict):
+        if set(value) != {"min", "max", "count"}:
+            got = ", ".join(map(str, value))
+            raise ValueError(f"expected the keys min, max and count, got {got}")
+        low, high = positive_duration(value["min"]), positive_duration(value["max"])
+        count = positive_int(value["count"])
+        if high <= low or count < 2:
+            raise ValueError("expected min < max and count >= 2")
+        factor = (high / low) ** (1 / (count - 1))
+        bounds = [float(f"{low * factor ** i:.3g}") for i in range(count)]
+    elif isinstance(value, list) and value:
+        bounds = [positive_duration(v) for v in value]
+    else:
+        raise ValueError("expected a list of durations or a mapping with min, max and count,"
+                         f" got {show(value)}")
+    if len(bounds) > MAX_BUCKETS:
+        raise ValueError(f"{len(bounds)} bounds, at most {MAX_BUCKETS}: each is a series")
+    for lower, upper in itertools.pairwise(bounds):
+        if upper <= lower:
+            raise ValueError(f"bounds must increase, got {lower:g}s then {upper:g}s")
+    return tuple(bounds)
 
 
 @described("list of strings")

@@ -11,6 +11,7 @@ import copy
 import html
 import json
 import logging
+import selectors
 import socket
 import ssl
 import threading
@@ -49,6 +50,31 @@ class _Server(ThreadingMixIn, WSGIServer):
     def handle_error(self, request, client_address) -> None:
         # A client that hangs up or fails the TLS handshake is not pipemon's error.
         log.debug("connection from %s failed", client_address[0], exc_info=True)
+
+    def serve_until_woken(self) -> None:
+        """Accept connections until `wake()`. socketserver's serve_forever wakes every
+        poll_interval to look for shutdown(), 5 times a second: an idle process's main cost
+        (bench/README.md, issue 19). This loop sleeps until a connection or wake() arrives."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.socket, selectors.EVENT_READ)
+            selector.register(self._woken, selectors.EVENT_READ)
+            while True:
+                events = selector.select()
+                if any(key.fileobj is self._woken for key, _ in events):
+                    return
+                self._handle_request_noblock()
+
+    def server_bind(self) -> None:
+        self._woken, self._waker = socket.socketpair()
+        super().server_bind()
+
+    def wake(self) -> None:
+        self._waker.send(b"x")
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._woken.close()
+        self._waker.close()
 
 
 class _Server6(_Server):
@@ -248,8 +274,7 @@ class HttpServer:
         self._server = make_server(host, port, self._dispatch, server_class=server_class,
                                    handler_class=_QuietHandler)
         self._server.tls_context = web.tls if web is not None else None
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.2}, name="http",
+        self._thread = threading.Thread(target=self._server.serve_until_woken, name="http",
                                         daemon=True)
 
     def _dispatch(self, environ, start_response):
@@ -268,5 +293,7 @@ class HttpServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():
+            self._server.wake()
+            self._thread.join()
         self._server.server_close()

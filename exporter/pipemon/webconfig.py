@@ -162,14 +162,14 @@ class Reloader:
         self._apply, self._failed, self._succeeded = apply, failed, succeeded
         self._files = current.files or (Path(path),)
         self._seen = fingerprint(self._files)
-        self._check_every = check_every
+        self.check_every = check_every
         self._next_check = time.monotonic() + check_every
 
     def check(self) -> None:
         """Reload if any watched file changed; cheap enough to call often."""
         if time.monotonic() < self._next_check:
             return
-        self._next_check = time.monotonic() + self._check_every
+        self._next_check = time.monotonic() + self.check_every
         if fingerprint(self._files) != self._seen:
             self.reload("changed on disk")
 

@@ -16,8 +16,16 @@ from psycopg import sql
 from pipemon import metrics as m
 from pipemon.db import relation
 from pipemon.incremental import IncrementalReader, keyset
-from pipemon.schema import Checked, positive_int, ratio, section, string, value
-from pipemon.sources.jobs import RESULT_OUTCOMES
+from pipemon.schema import (
+    Checked,
+    bucket_layout,
+    positive_int,
+    ratio,
+    section,
+    string,
+    value,
+)
+from pipemon.sources.jobs import LAYOUT_SHOWN, RESULT_OUTCOMES
 from pipemon.sources.pg import IncrementalPgConfig, PgSource
 from pipemon.verdict import WARNING, Finding
 
@@ -36,6 +44,15 @@ class AnalysisColumns(Checked):
 
 
 @dataclass(frozen=True, kw_only=True)
+class AnalysisBuckets(Checked):
+    """`buckets:` of an analysis source."""
+
+    duration: tuple[float, ...] = value(
+        "Upper bounds of `pipemon_analysis_duration_seconds`.", bucket_layout,
+        m.JOB_SECONDS_BUCKETS, shown_default=LAYOUT_SHOWN)
+
+
+@dataclass(frozen=True, kw_only=True)
 class AnalysisConfig(IncrementalPgConfig):
     table: str = value("Table, view, `schema.table` or parenthesised subquery of the results.",
                        string, "audio_events_cache")
@@ -46,6 +63,9 @@ class AnalysisConfig(IncrementalPgConfig):
     duration_seconds: str | None = value(
         "SQL expression of a row's processing time in seconds (none: no duration histogram).",
         string, None)
+    buckets: AnalysisBuckets | None = section(
+        AnalysisBuckets, "Histogram bounds of processing times (default: a layout for media"
+        " work).")
 
     success_ratio_warning: float = value(
         "The verdict on /health warns when the share of successful results over the last hour"
@@ -70,7 +90,7 @@ class AnalysisSource(PgSource):
         self._results = m.CounterSet()
         for outcome in RESULT_OUTCOMES:
             self._results.ensure((outcome,))
-        self._durations = m.HistogramSet(m.JOB_SECONDS_BUCKETS)
+        self._durations = m.HistogramSet((config.buckets or AnalysisBuckets()).duration)
         if config.duration_seconds:
             self._durations.ensure(())
         self._minutes: dict[int, list[int]] = {}  # minute -> [succeeded, all], the last hour

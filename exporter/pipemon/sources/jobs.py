@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from pipemon import metrics as m
+from pipemon.schema import Checked, bucket_layout, value
 
 #: states of a job not finished yet (pipemon_queue_jobs{state})
 ACTIVE_STATES = ("scheduled", "waiting", "running", "retrying")
@@ -22,6 +24,21 @@ RESULT_OUTCOMES = ("succeeded", "failed")
 # Incremental reads (pipemon.incremental): rows per page and per poll, by default.
 ROWS_PER_PAGE = 5000
 ROWS_PER_POLL = 50000
+
+
+LAYOUT_SHOWN = "27 bounds, 0.5s to 12h"
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobBuckets(Checked):
+    """`buckets:` of a queue-like source (docs/exporter.md, "Histogram buckets")."""
+
+    run: tuple[float, ...] = value(
+        "Upper bounds of the run-time histograms (`pipemon_queue_job_run_seconds`, and per"
+        " stage).", bucket_layout, m.JOB_SECONDS_BUCKETS, shown_default=LAYOUT_SHOWN)
+    wait: tuple[float, ...] = value(
+        "Upper bounds of the wait-time histograms (`pipemon_queue_job_wait_seconds`, and per"
+        " stage).", bucket_layout, m.JOB_SECONDS_BUCKETS, shown_default=LAYOUT_SHOWN)
 
 
 MAX_REASON_LENGTH = 64
@@ -46,17 +63,18 @@ class JobCounters:
     """
 
     def __init__(self, finished: bool = True, started: bool = True,
-                 reasons: m.LabelCap | None = None, stages: m.LabelCap | None = None):
+                 reasons: m.LabelCap | None = None, stages: m.LabelCap | None = None,
+                 buckets: JobBuckets | None = None):
+        buckets = buckets or JobBuckets()
         self._reasons = reasons  # failure reasons kept, with their cap (None: not read)
         self._failures = m.CounterSet()
         self._stages = stages  # stages kept, with their cap (None: not read)
         self._stage_finished = m.CounterSet()
-        self._stage_run = m.HistogramSet(m.JOB_SECONDS_BUCKETS)
-        self._stage_wait = m.HistogramSet(m.JOB_SECONDS_BUCKETS)
+        self._stage_run = m.HistogramSet(buckets.run)
+        self._stage_wait = m.HistogramSet(buckets.wait)
         self._finished = m.CounterSet() if finished else None
-        self._run_seconds = m.HistogramSet(m.JOB_SECONDS_BUCKETS) if finished and started \
-            else None
-        self._wait_seconds = m.HistogramSet(m.JOB_SECONDS_BUCKETS) if started else None
+        self._run_seconds = m.HistogramSet(buckets.run) if finished and started else None
+        self._wait_seconds = m.HistogramSet(buckets.wait) if started else None
 
     def ensure(self, queue: str) -> None:
         """Zeroed series for `queue`, so rate() sees its first job."""
@@ -113,8 +131,8 @@ class JobCounters:
 def emit_gauges(families: m.Families, source: str, jobs: dict[tuple[str, str], float],
                 per_queue: Iterable[tuple[m.Spec, dict[str, float]]]) -> None:
     """pipemon_queue_jobs{queue,state} and the per-queue gauges of one snapshot."""
-    for (queue, state), value in sorted(jobs.items()):
-        families(m.QUEUE_JOBS).add_metric([source, queue, state], value)
+    for (queue, state), jobs_now in sorted(jobs.items()):
+        families(m.QUEUE_JOBS).add_metric([source, queue, state], jobs_now)
     for spec, values in per_queue:
-        for label, value in sorted(values.items()):
-            families(spec).add_metric([source, label], value)
+        for label, number in sorted(values.items()):
+            families(spec).add_metric([source, label], number)

@@ -34,6 +34,7 @@ from pipemon.schema import (
 from pipemon.sources.jobs import (
     ACTIVE_STATES,
     STATES,
+    JobBuckets,
     JobCounters,
     emit_gauges,
 )
@@ -106,6 +107,9 @@ class QueueConfig(IncrementalPgConfig):
         " `pgboss`; procrastinate: the search path).", name, None, key="schema")
     stuck_after: float = value("A job running for longer is stuck (`pipemon_queue_stuck_jobs`).",
                                positive_duration, 1800.0)
+    buckets: JobBuckets | None = section(
+        JobBuckets, "Histogram bounds of run and wait times (default: a layout for media"
+        " work).")
     queues: tuple[str, ...] = value("Only these queues; each is exported even while empty.",
                                     string_list, (), shown_default="all")
     default_queue: str = value("The queue name of jobs without one.", name, "default")
@@ -157,7 +161,7 @@ class QueueSource(PgSource):
         self._jobs = JobCounters(
             self.preset.has_finished, self.preset.has_started,
             m.LabelCap(config.max_reasons) if config.failure_reason else None,
-            m.LabelCap(config.max_stages) if config.stage else None)
+            m.LabelCap(config.max_stages) if config.stage else None, config.buckets)
         self._last_active: dict[str, datetime] = {}
         self._unmapped: dict[str, int] = {}
         self._unmapped_checked_at: float | None = None

@@ -41,13 +41,14 @@ from pipemon.schema import (
     positive_duration,
     positive_int,
     secret,
+    section,
     string,
     string_list,
     value,
 )
 from pipemon.secret import Secret
 from pipemon.sources.base import Source, SourceConfig
-from pipemon.sources.jobs import JobCounters, emit_gauges
+from pipemon.sources.jobs import JobBuckets, JobCounters, emit_gauges
 from pipemon.sources.trigger_api import Api, ApiError
 from pipemon.verdict import WARNING, Finding
 
@@ -121,6 +122,9 @@ class TriggerDevConfig(SourceConfig):
         " for a custom queue.", string_list, (), shown_default="all")
     stuck_after: float = value("A run executing for longer is stuck.", positive_duration,
                                1800.0)
+    buckets: JobBuckets | None = section(
+        JobBuckets, "Histogram bounds of run and wait times (default: a layout for media"
+        " work).")
     replication_lag: float = value(
         "How far the runs list (a replicated copy) may lag behind the run store; each poll"
         " looks this far back for runs it has not seen.", duration, 300.0)
@@ -181,7 +185,7 @@ class TriggerDevSource(Source):
         self.api = Api(config.base_url, config.secret_key, config.secrets())
         self.queue_cap = m.LabelCap(config.max_queues)
         self._lock = threading.Lock()
-        self._jobs = JobCounters()
+        self._jobs = JobCounters(buckets=config.buckets)
         self._floor: datetime | None = None  # runs finished before pipemon started: not counted
         self._last_now: datetime | None = None  # the server's time at the last poll
         self._pending: dict[str, dict[str, datetime]] = {}  # queue -> run id -> createdAt

@@ -1,0 +1,98 @@
+"""pipemon's encoders render what prometheus_client's would, byte for byte, and hand every
+request they do not cover back to prometheus_client."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.exposition import choose_encoder
+
+from pipemon import encoders
+from pipemon.metrics import add_sample
+
+PROMETHEUS_2_42_ACCEPT = ("application/openmetrics-text;version=1.0.0,"
+                          "application/openmetrics-text;version=0.0.1;q=0.75,"
+                          "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+ACCEPTS = [
+    None, "", "*/*", "text/plain", "text/plain;version=0.0.4", PROMETHEUS_2_42_ACCEPT,
+    "application/openmetrics-text; version=1.0.0",
+    "application/openmetrics-text; version=1.0.0; escaping=allow-utf-8",
+    "application/openmetrics-text; version=1.0.0; escaping=underscores",
+    "application/openmetrics-text",
+]
+
+
+def families():
+    jobs = GaugeMetricFamily("pipemon_queue_jobs", 'Jobs "now", by state.\nSecond line \\ ok.',
+                             labels=["source", "queue", "state"])
+    jobs.add_metric(["jobs", "stems", "waiting"], 12)
+    jobs.add_metric(["jobs", 'a "quoted" \\ queue\nwith a newline', "running"], 0.5)
+    jobs.add_metric(["jobs", "ünïcode ♫", "retrying"], math.nan)
+    jobs.add_metric(["jobs", "x", "scheduled"], -math.inf)
+    jobs.add_metric(["jobs", "y", "scheduled"], 1e22)
+    jobs.add_metric(["jobs", "z", "scheduled"], 123456789.0)
+    yield jobs
+    info = GaugeMetricFamily("pipemon_build_info", "Version.", labels=["version"])
+    info.add_metric(["1.0"], 1)
+    yield info
+    yield GaugeMetricFamily("pipemon_config_last_reload_successful", "No labels.", value=1)
+    finished = CounterMetricFamily("pipemon_queue_jobs_finished_total", "Finished.",
+                                   labels=["source", "queue", "outcome"])
+    finished.add_metric(["jobs", "stems", "failed"], 3)
+    finished.add_metric(["jobs", "stems", "succeeded"], 1234567)
+    yield finished
+    run = HistogramMetricFamily("pipemon_queue_job_run_seconds", "Run time.",
+                                labels=["source", "queue", "outcome"])
+    run.add_metric(["jobs", "stems", "succeeded"],
+                   [("1.0", 1), ("2.5", 2), ("3600.0", 7), ("1e+06", 8), ("+Inf", 9)], 7300.25)
+    yield run
+    check = GaugeMetricFamily("pipemon_check_value", "Checks.", labels=["source", "check"])
+    add_sample(check, {"source": "sql", "check": "orphans", "table": "posts", "zone": "b"}, 4)
+    yield check
+    yield GaugeMetricFamily("pipemon_empty", "A family without samples.", labels=["source"])
+
+
+def client_render(accept):
+    registry = CollectorRegistry(auto_describe=False)
+
+    class Collector:
+        def collect(self):
+            return families()
+
+    registry.register(Collector())
+    encoder, _ = choose_encoder(accept or "")
+    return encoder(registry)
+
+
+@pytest.mark.parametrize("accept", ACCEPTS)
+def test_the_same_bytes_as_prometheus_client(accept):
+    content_type, encoder = encoders.choose(accept or "")
+    assert encoder is not None, f"{accept!r} should be rendered by pipemon"
+    assert content_type == choose_encoder(accept or "")[1]
+    assert encoder(families()) == client_render(accept)
+
+
+@pytest.mark.parametrize("accept", [
+    "application/openmetrics-text; version=1.0.0; escaping=dots",
+    "application/openmetrics-text; version=1.0.0; escaping=values",
+    "text/plain; version=1.0.0; escaping=allow-utf-8",
+    "application/openmetrics-text; version=2.0.0",
+])
+def test_schemes_that_rewrite_names_stay_with_prometheus_client(accept):
+    content_type, encoder = encoders.choose(accept)
+    assert encoder is None
+    assert content_type == choose_encoder(accept)[1]
+
+
+def test_a_name_outside_the_legacy_set_is_refused_not_mangled():
+    bad = GaugeMetricFamily("pipemon_check_value", "Checks.", labels=["source"])
+    add_sample(bad, {"source": "sql", "dotted.label": "x"}, 1)
+    with pytest.raises(ValueError, match=r"dotted\.label"):
+        encoders.encode_openmetrics([bad])
