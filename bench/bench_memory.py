@@ -20,8 +20,6 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import threading
-import time
 from datetime import date
 from pathlib import Path
 
@@ -29,7 +27,7 @@ import psycopg
 
 from bench.peers.data import Dataset, build
 from bench.peers.exporters import pipemon_config
-from bench.peers.measure import PROMETHEUS_HEADERS, proc_status
+from bench.peers.measure import load, proc_status
 from testkit import ROOT
 from testkit.fake_trigger import FakeTrigger
 from testkit.net import http_request, wait_until
@@ -69,25 +67,6 @@ def sources(kinds: tuple[str, ...], dsn: str, s3_url: str, trigger_url: str,
     return [made[kind] for kind in kinds]
 
 
-def load(url: str, scrapers: int, seconds: float) -> int:
-    """Scrapers back to back for `seconds`; the number of scrapes."""
-    done, stop = [], time.monotonic() + seconds
-
-    def scrape() -> None:
-        n = 0
-        while time.monotonic() < stop:
-            http_request(url + "/metrics", PROMETHEUS_HEADERS, timeout=30)
-            n += 1
-        done.append(n)
-
-    threads = [threading.Thread(target=scrape) for _ in range(scrapers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sum(done)
-
-
 def measure(workdir: Path, config: list[dict], env: dict[str, str]) -> dict:
     exporter = Exporter(workdir, config, ["--log.level", "warning"], env=env,
                         defaults={"interval": "1s", "timeout": "1s"}).start(timeout=60)
@@ -96,11 +75,13 @@ def measure(workdir: Path, config: list[dict], env: dict[str, str]) -> dict:
         polls = "pipemon_source_poll_duration_seconds_count"
         wait_until(lambda: _min_count(exporter.url, polls) >= 10, 60, "10 polls of every source")
         rss_idle = proc_status(pid, "VmRSS") / 2**20
-        scrapes = load(exporter.url, 10, 10)
+        scraped = load(exporter.url, 10, 10)  # what the peers bench's load test does
+        if scraped["errors"]:
+            raise RuntimeError(f"{scraped['errors']} scrapes failed: {scraped['first_error']}")
         _, body = http_request(exporter.url + "/metrics", {}, timeout=30)
         series = sum(1 for line in body.decode().splitlines() if line and line[0] != "#")
         return {"hwm": proc_status(pid, "VmHWM") / 2**20, "idle": rss_idle,
-                "rss": proc_status(pid, "VmRSS") / 2**20, "series": series, "scrapes": scrapes}
+                "rss": proc_status(pid, "VmRSS") / 2**20, "series": series, "scrapes": scraped["n"]}
     finally:
         exporter.stop()
 
