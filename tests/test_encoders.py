@@ -96,3 +96,62 @@ def test_a_name_outside_the_legacy_set_is_refused_not_mangled():
     add_sample(bad, {"source": "sql", "dotted.label": "x"}, 1)
     with pytest.raises(ValueError, match=r"dotted\.label"):
         encoders.encode_openmetrics([bad])
+
+
+def histogram_sets():
+    """pipemon's own histogram families (metrics.HistogramFamily), which carry their text."""
+    from pipemon.metrics import QUEUE_RUN_SECONDS, HistogramSet
+
+    run = HistogramSet((1, 2.5, 3600, 1e6))
+    run.ensure(("stems", "failed"))
+    for value in (0.5, 2.5, 7000, 2e6):
+        run.observe(("stems", "succeeded"), value)
+    run.observe(('a "quoted" \\ queue\nwith a newline', "succeeded"), 1)
+    return run, QUEUE_RUN_SECONDS
+
+
+def rendered_both_ways(run, spec, accept):
+    """(pipemon's bytes from the carried text, prometheus_client's from the samples)."""
+    family = spec.family()
+    run.emit(family, ("jobs",))
+    assert family.lined == len(family.samples) > 0, "the family should carry its samples' text"
+    _, encoder = encoders.choose(accept)
+    registry = CollectorRegistry(auto_describe=False)
+
+    class Collector:
+        def collect(self):
+            return [family]
+
+    registry.register(Collector())
+    return encoder([family]), choose_encoder(accept)[0](registry)
+
+
+@pytest.mark.parametrize("accept", [PROMETHEUS_2_42_ACCEPT, "text/plain;version=0.0.4"])
+def test_histograms_rendered_once_per_change_are_the_same_bytes(accept):
+    run, spec = histogram_sets()
+    ours, theirs = rendered_both_ways(run, spec, accept)
+    assert ours == theirs
+    again, _ = rendered_both_ways(run, spec, accept)  # from the kept text this time
+    assert again == ours
+    run.observe(("stems", "succeeded"), 1.5)  # the kept text of that series is stale now
+    ours, theirs = rendered_both_ways(run, spec, accept)
+    assert ours == theirs
+    assert b'le="2.5",outcome="succeeded",queue="stems",source="jobs"} 3' in ours
+
+
+def test_a_histogram_family_with_samples_added_otherwise_is_rendered_sample_by_sample():
+    run, spec = histogram_sets()
+    family = spec.family()
+    run.emit(family, ("jobs",))
+    family.add_metric(["other", "q", "succeeded"], [("+Inf", 1)], 2.0)  # no text carried
+    registry = CollectorRegistry(auto_describe=False)
+
+    class Collector:
+        def collect(self):
+            return [family]
+
+    registry.register(Collector())
+    accept = "text/plain;version=0.0.4"
+    rendered = encoders.choose(accept)[1]([family])
+    assert rendered == choose_encoder(accept)[0](registry)
+    assert b'source="other"' in rendered

@@ -257,3 +257,47 @@ def test_a_service_that_exits_at_start_fails_its_test_with_the_exit_code(tmp_pat
     message = str(failure.value)
     assert "pipemon exited with 2" in message, message
     assert "pipemon.yaml: sources[0].kind: expected one of" in message, message
+
+
+def http_workers() -> list:
+    import threading
+    return [t for t in threading.enumerate() if t.name == "http-worker"]
+
+
+def test_scrapes_reuse_worker_threads_and_held_connections_never_block_one(make_app, tmp_path):
+    """Scrapes one after another are served by a few reused threads; connections held open
+    without a request (more than the idle workers kept) do not delay a scrape; stopping the
+    server ends every worker."""
+    import socket
+
+    from pipemon.server import HttpServer
+
+    app = make_app([{"name": "worker", "kind": "host", "interval": "60s",
+                     "tools": [{"name": "true", "command": [sys.executable, "-c", "0"]}]}])
+    server = HttpServer(app, "127.0.0.1", 0)
+    server.start()
+    held = []
+    try:
+        url = f"http://127.0.0.1:{server.port}/healthz"
+        for _ in range(10):
+            with urllib.request.urlopen(url, timeout=10) as response:
+                assert response.status == 200
+        # A worker becomes idle just after the client has its answer, so the next scrape may
+        # come first and start a second thread; never one per scrape.
+        wait_until(lambda: 1 <= len(http_workers()) <= 3, 10,
+                   "1-3 idle workers after 10 scrapes in a row")
+        for _ in range(20):  # each occupies a worker until it sends or times out (30 s)
+            held.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+        wait_until(lambda: len(http_workers()) >= 20, 10, "a worker per held connection")
+        with urllib.request.urlopen(url, timeout=10) as response:  # not behind the held ones
+            assert response.status == 200
+        for sock in held:
+            sock.close()
+        wait_until(lambda: len(http_workers()) <= 8, 15,
+                   "at most max_idle (8) workers kept")
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
+    wait_until(lambda: not http_workers(), 15,
+               "no worker left after stop")

@@ -13,7 +13,6 @@ import math
 import os
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -23,6 +22,7 @@ from psycopg import errors, sql
 from psycopg.adapt import Loader
 from psycopg.conninfo import conninfo_to_dict
 
+from pipemon.deadlines import DEADLINES, Alarm
 from pipemon.errors import PollError, redact
 from pipemon.secret import Secret
 
@@ -144,8 +144,7 @@ class PgSession:
         # swallows packets leaves the client waiting even for the cancel, so a grace later
         # the watchdog cuts the connection's socket, which ends the wait with an error.
         remaining = max(0.0, deadline - time.monotonic())
-        timers = [threading.Timer(remaining + CANCEL_GRACE, self._cancel),
-                  threading.Timer(remaining + WATCHDOG_GRACE, self._abort)]
+        alarms: list[Alarm] = []
         self._cancelled = self._aborted = False
         try:
             if self._conn is None or self._conn.closed or self._conn.broken:
@@ -154,9 +153,8 @@ class PgSession:
                     raise PollError("timeout", "the poll's deadline passed before connecting")
                 self._conn = self._connect(remaining)
             conn = self._conn
-            for timer in timers:
-                timer.daemon = True
-                timer.start()
+            alarms = [DEADLINES.call_later(remaining + CANCEL_GRACE, self._cancel),
+                      DEADLINES.call_later(remaining + WATCHDOG_GRACE, self._abort)]
             try:
                 with conn.cursor() as cur:
                     yield Cursor(cur, deadline)
@@ -174,8 +172,8 @@ class PgSession:
                                 "cancelled") from None
             raise PollError(classify(exc), redact(str(exc), self._secrets)) from None
         finally:
-            for timer in timers:
-                timer.cancel()
+            for alarm in alarms:
+                alarm.cancel()
 
     def _cancel(self) -> None:
         """Cancel the statement in progress at the poll's deadline (from a timer)."""

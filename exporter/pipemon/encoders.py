@@ -60,6 +60,9 @@ def encode_text(families: Iterable[Metric]) -> bytes:
         _check(exposed)
         help_text = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
         out.append(f"# HELP {exposed} {help_text}\n# TYPE {exposed} {kind}\n")
+        if _prerendered(family):
+            out.extend(family.lines)
+            continue
         created: list[str] = []
         for sample in family.samples:
             line = _sample_line(sample)
@@ -83,9 +86,22 @@ def encode_openmetrics(families: Iterable[Metric]) -> bytes:
         out.append(f"# HELP {name} {help_text}\n# TYPE {name} {family.type}\n")
         if family.unit:
             out.append(f"# UNIT {name} {family.unit}\n")
-        out.extend(_sample_line(sample) for sample in family.samples)
+        if _prerendered(family):
+            out.extend(family.lines)
+        else:
+            out.extend(_sample_line(sample) for sample in family.samples)
     out.append("# EOF\n")
     return "".join(out).encode("utf-8")
+
+
+def sample_lines(samples: Iterable) -> str:
+    """The samples' lines as both formats render them (their sample lines are the same)."""
+    return "".join(_sample_line(sample) for sample in samples)
+
+
+def _prerendered(family) -> bool:
+    """True if the family carries the text of all its samples (metrics.HistogramFamily)."""
+    return getattr(family, "lined", -1) == len(family.samples)
 
 
 def _sample_line(sample) -> str:

@@ -23,6 +23,8 @@ from prometheus_client.core import (
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
+from pipemon.encoders import sample_lines
+
 # Media work, from a sub-second wait to a 12-hour transcode: 1.33-1.5x apart from 10 s to 4 h,
 # so a quantile read from them is within a few percent with enough jobs (bench/README.md), and
 # a boundary at every threshold an alert uses, so the SLI is exact there. A source's
@@ -47,7 +49,18 @@ class Spec:
             return GaugeMetricFamily(self.name, self.help, labels=self.labels)
         if self.type == "counter":
             return CounterMetricFamily(self.name, self.help, labels=self.labels)
-        return HistogramMetricFamily(self.name, self.help, labels=self.labels)
+        return HistogramFamily(self.name, self.help, labels=self.labels)
+
+
+class HistogramFamily(HistogramMetricFamily):
+    """A histogram family that carries its samples' text as well: HistogramSet renders a
+    series once per change, not once per scrape (most series of a busy exporter are buckets of
+    queues that had no new job since the last poll; bench/README.md, issue 19)."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...]) -> None:
+        super().__init__(name, documentation, labels=labels)
+        self.lines: list[str] = []
+        self.lined = 0  # how many of `samples` the lines render; encoders.py checks it
 
 
 # --- self metrics ---
@@ -296,6 +309,8 @@ class HistogramSet:
         self._le = tuple(floatToGoString(b) for b in (*self.bounds, math.inf))
         self._counts: dict[tuple[str, ...], list[int]] = {}
         self._sums: dict[tuple[str, ...], float] = {}
+        # labels -> (family name, prefix, samples, their text), dropped by each observation
+        self._rendered: dict[tuple[str, ...], tuple[str, tuple, list[Sample], str]] = {}
 
     def ensure(self, labels: tuple[str, ...]) -> None:
         if labels not in self._counts:
@@ -309,11 +324,23 @@ class HistogramSet:
         self.ensure(labels)
         self._counts[labels][bisect.bisect_left(self.bounds, value)] += 1  # le: value <= bound
         self._sums[labels] += value
+        self._rendered.pop(labels, None)
 
     def emit(self, family: Metric, prefix: tuple[str, ...]) -> None:
         for labels in sorted(self._counts):
-            buckets = zip(self._le, itertools.accumulate(self._counts[labels]), strict=True)
-            family.add_metric([*prefix, *labels], list(buckets), self._sums[labels])
+            rendered = self._rendered.get(labels)
+            if rendered is None or rendered[:2] != (family.name, prefix):
+                start = len(family.samples)
+                buckets = zip(self._le, itertools.accumulate(self._counts[labels]), strict=True)
+                family.add_metric([*prefix, *labels], list(buckets), self._sums[labels])
+                samples = family.samples[start:]
+                rendered = self._rendered[labels] = (family.name, prefix, samples,
+                                                     sample_lines(samples))
+            else:
+                family.samples.extend(rendered[2])
+            if isinstance(family, HistogramFamily):
+                family.lines.append(rendered[3])
+                family.lined += len(rendered[2])
 
 
 MAX_LABEL_LENGTH = 128

@@ -11,6 +11,7 @@ import copy
 import html
 import json
 import logging
+import queue
 import selectors
 import socket
 import ssl
@@ -30,8 +31,51 @@ from pipemon.webconfig import BasicAuth, WebConfig
 log = logging.getLogger(__name__)
 
 
-class _Server(ThreadingMixIn, WSGIServer):
+class _WorkerThreads(ThreadingMixIn):
+    """Requests on reused threads. ThreadingMixIn starts a thread per connection: with a
+    scrape per poll, a thread start (and the handshake with the new thread) per scrape, which
+    showed in the CPU per hour (bench/README.md, issue 19). A connection goes to an idle worker
+    if there is one, else to a new thread, so a client that holds connections open never makes
+    a scrape wait; up to `max_idle` workers wait for the next connection, the rest end."""
+
     daemon_threads = True
+    max_idle = 8
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._connections: queue.SimpleQueue = queue.SimpleQueue()
+        self._workers_lock = threading.Lock()
+        self._idle = 0
+        self._closed = False
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address) -> None:
+        with self._workers_lock:
+            if self._idle:
+                self._idle -= 1  # claimed: that worker's next get() is this connection
+                self._connections.put((request, client_address))
+                return
+        threading.Thread(target=self._work, args=((request, client_address),),
+                         name="http-worker", daemon=True).start()
+
+    def _work(self, connection) -> None:
+        while connection is not None:
+            self.process_request_thread(*connection)
+            with self._workers_lock:
+                if self._closed or self._idle >= self.max_idle:
+                    return
+                self._idle += 1
+            connection = self._connections.get()
+
+    def server_close(self) -> None:
+        super().server_close()
+        with self._workers_lock:
+            self._closed = True
+            idle, self._idle = self._idle, 0
+        for _ in range(idle):
+            self._connections.put(None)  # an idle worker's last get(): it returns
+
+
+class _Server(_WorkerThreads, WSGIServer):
     allow_reuse_address = True
     # socketserver's default backlog is 5: the 6th simultaneous scraper waited for a SYN
     # retransmit (1 s, 3 s, ...). Measured with bench/bench_load.py.
