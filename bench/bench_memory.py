@@ -47,8 +47,11 @@ SHAPES = {
 def sources(kinds: tuple[str, ...], dsn: str, s3_url: str, trigger_url: str,
             scratch: Path) -> list[dict]:
     by_name = {s["kind"]: s for s in pipemon_config(dsn, 1, 12)["sources"]}
+    # The queue source as a user's config starts: without the peers bench's exact_quantiles
+    # (which --before revisions do not know).
+    queue = {k: v for k, v in by_name["queue"].items() if k != "exact_quantiles"}
     made = {
-        "queue": by_name["queue"],
+        "queue": queue,
         "analysis": by_name["analysis"],
         "checks": {"name": "integrity", "kind": "checks", "dsn": dsn, "checks": [
             {"name": "stuck", "sql": "SELECT count(*) AS value FROM jobs"

@@ -121,6 +121,48 @@ def test_configured_buckets_listed_or_spaced_on_a_log_scale(make_app, pg_dsn, db
                   outcome="succeeded", le="28800.0") == 3
 
 
+def test_exact_quantiles_are_percentile_cont_over_the_same_jobs(make_app, pg_dsn, db):
+    """exact_quantiles: per queue, the run times of the jobs finished and the wait times of
+    the jobs started in the window, as PostgreSQL's percentile_cont gives them."""
+    app = make_app([queue_source(pg_dsn, exact_quantiles={"quantiles": [0.99, 0.5, 0.9]})])
+    ids = insert(db, "stems", 150, created_at="now() - interval '1 hour'",
+                 run_at="now() - interval '1 hour'")
+    waiting = insert(db, "films", 40, created_at="now() - make_interval(secs => random() * 900)")
+    assert app.poll_all_once()
+    db.execute("UPDATE jobs SET status = CASE WHEN id %% 10 = 0 THEN 'failed' ELSE 'succeeded'"
+               " END, started_at = now() - make_interval(secs => 1 + random() * 1800),"
+               " finished_at = now() WHERE id = ANY(%s)", (ids,))
+    db.execute("UPDATE jobs SET status = 'running', started_at = now(), run_at = created_at"
+               " WHERE id = ANY(%s)", (waiting,))
+    assert app.poll_all_once()
+
+    def exact(expr, job_ids):
+        return db.execute(f"SELECT percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP"
+                          f" (ORDER BY extract(epoch FROM {expr})) FROM jobs"
+                          " WHERE id = ANY(%s)", (job_ids,)).fetchone()[0]
+
+    for name, queue, expected, count in (
+            ("run", "stems", exact("finished_at - started_at", ids), 150),
+            ("wait", "films", exact("started_at - created_at", waiting), 40)):
+        labels = {"source": "stems", "queue": queue}
+        assert sample(app, f"pipemon_queue_job_{name}_window_jobs", **labels) == count
+        for quantile, value in zip(("0.5", "0.9", "0.99"), expected, strict=True):
+            assert sample(app, f"pipemon_queue_job_{name}_window_seconds", quantile=quantile,
+                          **labels) == pytest.approx(value, rel=1e-6), (name, quantile)
+    # No job started in "stems" during the window, none finished in "films": no quantile.
+    names = {(n, labels.get("queue")) for n, labels, _ in app_samples(app)}
+    assert ("pipemon_queue_job_wait_window_seconds", "stems") not in names
+    assert ("pipemon_queue_job_run_window_seconds", "films") not in names
+
+
+def test_without_exact_quantiles_no_window_series(app, db):
+    ids = insert(db, "stems", 3)
+    assert app.poll_all_once()
+    finish(db, ids, "succeeded", 5)
+    assert app.poll_all_once()
+    assert not [n for n, _, _ in app_samples(app) if "_window_" in n]
+
+
 def app_samples(app):
     return [(s.name, s.labels, s.value) for family in app.registry.collect()
             for s in family.samples]

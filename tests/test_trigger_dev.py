@@ -117,6 +117,27 @@ def test_runs_created_and_finished_between_polls_are_counted_with_their_run_time
                  outcome="succeeded") == pytest.approx(20 + 40, abs=0.01)
 
 
+def test_exact_quantiles_of_the_runs_finished_in_the_window(make_app, api):
+    api.add_queue("analyse", type="task")
+    app = make_app([source(api, exact_quantiles={"window": "1h", "quantiles": [0.5, 0.99]})])
+    assert app.poll_all_once(), app.health()
+    now = datetime.now(UTC)
+    for i, status in enumerate(("COMPLETED_SUCCESSFULLY", "COMPLETED_SUCCESSFULLY", "CANCELED",
+                                "TIMED_OUT")):
+        api.add_run("analyse", status, now - timedelta(seconds=30), started=now,
+                    finished=now + timedelta(seconds=20 * (i + 1)))
+    assert app.poll_all_once(), app.health()
+    queue = {"queue": "task/analyse"}
+    # percentile_cont over 20, 40, 60, 80 s: every outcome
+    assert value(app, "pipemon_queue_job_run_window_jobs", **queue) == 4
+    assert value(app, "pipemon_queue_job_run_window_seconds", quantile="0.5",
+                 **queue) == pytest.approx(50, abs=0.01)
+    assert value(app, "pipemon_queue_job_run_window_seconds", quantile="0.99",
+                 **queue) == pytest.approx(79.4, abs=0.01)
+    assert value(app, "pipemon_queue_job_wait_window_seconds", quantile="0.99",
+                 **queue) == pytest.approx(30, abs=0.01)
+
+
 def test_requests_ask_for_the_current_status_names_and_never_the_7_day_default(make_app, api):
     api.add_queue("separate", type="task")
     app = make_app([source(api)])

@@ -178,7 +178,7 @@ def test_basic_auth_runs_bcrypt_for_unknown_users_too(monkeypatch):
     auth = webconfig.BasicAuth(app, {"prometheus": hashed(PASSWORD).encode()})
     calls = []
     real = bcrypt.checkpw
-    monkeypatch.setattr(webconfig.bcrypt, "checkpw",
+    monkeypatch.setattr(bcrypt, "checkpw",
                         lambda pw, h: calls.append(h) or real(pw, h))
 
     def status(user, password):

@@ -83,6 +83,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=None,
                         help="finished jobs per second written during the run (default: the"
                              " history's rate, rows / 30 days)")
+    parser.add_argument("--accuracy-jobs", type=int, default=1000,
+                        help="jobs per queue finished at once before the accuracy scrape")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 100k rows, 2 s polls, 3 cycles, no growth; exit 1 if"
                              " anything is broken")
@@ -129,7 +131,8 @@ def main() -> int:
     print("versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()), flush=True)
 
     main_settings = Settings(args.interval, args.cycles, args.load_seconds, paced=not args.quick,
-                             single=not args.quick, accuracy=True)
+                             single=not args.quick, accuracy=True,
+                             accuracy_jobs=100 if args.quick else args.accuracy_jobs)
     growth_settings = Settings(args.growth_interval, args.growth_cycles,
                                max(5.0, args.load_seconds / 3), paced=False, single=False,
                                accuracy=False)

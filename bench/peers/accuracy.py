@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 
 from bench.peers.data import FINAL_STATES
 from bench.peers.exporters import QUERIES, Contender
@@ -62,6 +63,13 @@ def pipemon_histograms(families: list, name: str) -> dict[str, dict]:
     return out
 
 
+def window_quantiles(families: list) -> dict[tuple[str, str], float]:
+    """(queue, quantile) -> pipemon_queue_job_run_window_seconds (exact_quantiles)."""
+    return {(sample.labels["queue"], sample.labels["quantile"]): sample.value
+            for family in families if family.name == "pipemon_queue_job_run_window_seconds"
+            for sample in family.samples if sample.labels.get("source") == "jobs"}
+
+
 def metric_total(families: list, name: str, **labels: str) -> float:
     total = 0.0
     for family in families:
@@ -92,7 +100,10 @@ def pipemon_accuracy(conn, text: str, id_range: tuple[int, int],
                     "jobs_counted": hist.get("", {}).get("count", 0.0),
                     "finished_total": metric_total(families, "pipemon_queue_jobs_finished_total",
                                                    source="jobs")}
+    window = window_quantiles(families)
     worst: dict[str, float] = {}
+    worst_exact: dict[str, float] = {}
+    queues_compared = 0
     for queue, (count, avg, pcts) in exact.items():
         entry = hist.get(queue)
         if entry is None or not count:
@@ -106,10 +117,18 @@ def pipemon_accuracy(conn, text: str, id_range: tuple[int, int],
                                "error": rel(measured, exact_value)}
             elif count >= 100:  # per-queue worst error, queues with 100+ jobs
                 worst[key] = max(worst.get(key, 0.0), abs(rel(measured, exact_value)))
+                exported = window.get((queue, floatToGoString(q)), math.nan)
+                worst_exact[key] = max(worst_exact.get(key, 0.0),
+                                       abs(rel(exported, exact_value)))
+        if queue and count >= 100:
+            queues_compared += 1
         if queue == "":
             mean = entry["sum"] / entry["count"] if entry["count"] else math.nan
             result["avg"] = {"histogram": mean, "exact": avg, "error": rel(mean, avg)}
     result["worst_queue_error"] = worst
+    result["worst_queue_error_exact"] = worst_exact  # exact_quantiles' window gauges
+    result["queues_compared"] = queues_compared
+    result["jobs_per_queue_min"] = min((c for q, (c, _a, _p) in exact.items() if q), default=0)
     analysis_exact = conn.execute("SELECT count(*) FROM audio_events_cache WHERE id > %s"
                                   " AND id <= %s", analysis_range).fetchone()[0]
     result["analysis_exact"] = analysis_exact

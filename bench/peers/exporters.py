@@ -51,6 +51,8 @@ def pipemon_config(dsn: str, interval: float, queues: int) -> dict:
                     "created_at": "created_at", "available_at": "run_at",
                     "started_at": "started_at", "finished_at": "finished_at"},
         "stuck_after": "30m",
+        # the peers' p99 is percentile_cont over the last hour: the same, exact, from pipemon
+        "exact_quantiles": {"window": "1h"},
     }
     if queues > 100:  # the default cap is 100 queue labels; the rest would be folded into other
         queue["max_queues"] = 1000

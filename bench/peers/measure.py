@@ -187,6 +187,7 @@ class Settings:
     paced: bool
     single: bool
     accuracy: bool
+    accuracy_jobs: int = 1000  # per queue, finished at once before the accuracy scrape
 
 
 @dataclass
@@ -271,6 +272,7 @@ def measure(exporter: Contender, ds: Dataset, admin: str, dsn: str, writer: Writ
             values["poll_wall_ms_median"] = statistics.median(w for w in walls if w) * 1000
         if is_pipemon and settings.accuracy:
             writer.pause()
+            writer.burst(settings.accuracy_jobs)
             id_end = conn.execute("SELECT max(id) FROM jobs").fetchone()[0]
             analysis_end = conn.execute("SELECT max(id) FROM audio_events_cache").fetchone()[0]
             calls = stats.marker_calls(exporter.marker)

@@ -91,11 +91,22 @@ def accuracy_table(results: list[Result]) -> str:
             for key in ("p50", "p95", "p99", "avg"):
                 if key in acc:
                     a = acc[key]
-                    worst = acc["worst_queue_error"].get(key)
-                    extra = f" (worst queue {pct(worst)})" if worst is not None else ""
-                    lines.append(f"| {title} | run time {key}, all queues, s |"
+                    lines.append(f"| {title} | run time {key}, all queues, from the buckets, s |"
                                  f" {a['histogram']:.1f} | {a['exact']:.1f} |"
-                                 f" {pct(a['error'])}{extra} |")
+                                 f" {pct(a['error'])} |")
+            queues = (f"{acc['queues_compared']} queues, at least"
+                      f" {acc['jobs_per_queue_min']:,} jobs each" if "queues_compared" in acc
+                      else "queues with 100+ jobs")
+            for key in ("p50", "p95", "p99"):
+                cells = []
+                for name, field in (("buckets", "worst_queue_error"),
+                                    ("exact_quantiles", "worst_queue_error_exact")):
+                    worst = acc.get(field, {}).get(key)
+                    if worst is not None:
+                        cells.append(f"{name} {abs(worst) * 100:.2f} %")
+                if cells:
+                    lines.append(f"| {title} | run time {key}, worst queue ({queues}) | | |"
+                                 f" {'; '.join(cells)} |")
         else:
             worst = acc["worst_error"]
             for column in ("jobs_finished_last_hour", "job_run_seconds_avg_last_hour",
@@ -132,6 +143,10 @@ def growth_table(results: list[Result], dimension: str) -> str:
     for k in keys:
         head.append(f"{EXPORTERS[k].title}: DB ms/cycle")
     for k in keys:
+        head.append(f"{EXPORTERS[k].title}: CPU s/h")
+    if "pipemon" in keys:
+        head.append("pipemon: poll ms (both sources)")
+    for k in keys:
         head.append(f"{EXPORTERS[k].title}: /metrics p50 / p99 ms (10 scrapers)")
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for rows, queues in points:
@@ -150,6 +165,12 @@ def growth_table(results: list[Result], dimension: str) -> str:
             if v.get("unmapped_scan"):  # its mean: the amortized share depends on the interval
                 text += f" (scan {ms(v['unmapped_scan']['mean_ms'])} every 5 m)"
             cells.append(text)
+        for k in keys:
+            v = here.get(k)
+            cells.append("" if v is None else f"{v['cpu_s_per_hour']:.1f}")
+        if "pipemon" in keys:
+            poll = here.get("pipemon", {}).get("poll_wall_ms_median")
+            cells.append("" if poll is None else f"{poll:.2f}")
         for k in keys:
             v = here.get(k)
             cells.append("" if v is None else

@@ -117,6 +117,23 @@ QUEUE_RUN_SECONDS = Spec(
 QUEUE_WAIT_SECONDS = Spec(
     "pipemon_queue_job_wait_seconds", "histogram",
     "Wait time (ready to started) of jobs, observed when they start.", ("source", "queue"))
+# exact_quantiles: (sources/recent.py): gauges, since a quantile cannot be aggregated
+QUEUE_RUN_WINDOW = Spec(
+    "pipemon_queue_job_run_window_seconds", "gauge",
+    "Exact quantile (percentile_cont) of the run times of the jobs that finished in the"
+    " source's exact_quantiles window, every outcome.", ("source", "queue", "quantile"))
+QUEUE_RUN_WINDOW_JOBS = Spec(
+    "pipemon_queue_job_run_window_jobs", "gauge",
+    "Finished jobs the run-time quantiles are over.", ("source", "queue"))
+QUEUE_WAIT_WINDOW = Spec(
+    "pipemon_queue_job_wait_window_seconds", "gauge",
+    "Exact quantile (percentile_cont) of the wait times of the jobs that started in the"
+    " source's exact_quantiles window.", ("source", "queue", "quantile"))
+QUEUE_WAIT_WINDOW_JOBS = Spec(
+    "pipemon_queue_job_wait_window_jobs", "gauge",
+    "Started jobs the wait-time quantiles are over.", ("source", "queue"))
+QUEUE_WINDOW_SPECS = (QUEUE_RUN_WINDOW, QUEUE_RUN_WINDOW_JOBS, QUEUE_WAIT_WINDOW,
+                      QUEUE_WAIT_WINDOW_JOBS)
 QUEUE_UNMAPPED = Spec(
     "pipemon_queue_unmapped_jobs", "gauge",
     "Jobs whose raw state is not in the source's `states` mapping (checked at a slow interval).",

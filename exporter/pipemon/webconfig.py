@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import bcrypt
 import yaml
 
 from pipemon.schema import ConfigError, Node, one_of, string
@@ -205,6 +204,9 @@ class BasicAuth:
         self._realm = realm
         self._verified: set[tuple[str, bytes]] = set()
         self._lock = threading.Lock()
+        import bcrypt  # here, not at the top: half a MiB that only basic auth needs
+
+        self._bcrypt = bcrypt
         self._dummy = bcrypt.hashpw(b"pipemon", bcrypt.gensalt(rounds=_cost(users)))
 
     def _check(self, user: str, password: str) -> bool:
@@ -213,7 +215,7 @@ class BasicAuth:
             if key in self._verified:
                 return True
         hashed = self._users.get(user)
-        ok = bcrypt.checkpw(password.encode(), hashed or self._dummy) and hashed is not None
+        ok = self._bcrypt.checkpw(password.encode(), hashed or self._dummy) and hashed is not None
         if ok:
             with self._lock:
                 self._verified.add(key)

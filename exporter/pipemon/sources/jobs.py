@@ -9,9 +9,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 from pipemon import metrics as m
 from pipemon.schema import Checked, bucket_layout, value
+from pipemon.sources.recent import ExactQuantiles, RecentTimes
 
 #: states of a job not finished yet (pipemon_queue_jobs{state})
 ACTIVE_STATES = ("scheduled", "waiting", "running", "retrying")
@@ -64,8 +66,9 @@ class JobCounters:
 
     def __init__(self, finished: bool = True, started: bool = True,
                  reasons: m.LabelCap | None = None, stages: m.LabelCap | None = None,
-                 buckets: JobBuckets | None = None):
+                 buckets: JobBuckets | None = None, exact: ExactQuantiles | None = None):
         buckets = buckets or JobBuckets()
+        self._recent = RecentTimes(exact) if exact is not None else None
         self._reasons = reasons  # failure reasons kept, with their cap (None: not read)
         self._failures = m.CounterSet()
         self._stages = stages  # stages kept, with their cap (None: not read)
@@ -87,9 +90,12 @@ class JobCounters:
             self._wait_seconds.ensure((queue,))
 
     def finished(self, queue: str, outcome: str, run_seconds: float | None,
-                 reason=None, stage=None) -> None:
+                 reason=None, stage=None, *, at: datetime | None = None) -> None:
+        """A job finished `at` (for exact_quantiles' window)."""
         self.ensure(queue)
         self._finished.inc((queue, outcome))
+        if self._recent is not None and at is not None and self._run_seconds is not None:
+            self._recent.finished(queue, at.timestamp(), run_seconds)
         if outcome == "failed" and self._reasons is not None:
             self._failures.inc((queue, self._reasons(normalise_reason(reason))))
         if run_seconds is not None and self._run_seconds is not None:
@@ -103,14 +109,24 @@ class JobCounters:
     def _stage(self, raw) -> str:
         return self._stages(" ".join(str(raw).split()) if raw else "none")
 
-    def started(self, queue: str, wait_seconds: float | None, stage=None) -> None:
+    def started(self, queue: str, wait_seconds: float | None, stage=None, *,
+                at: datetime | None = None) -> None:
         self.ensure(queue)
+        if self._recent is not None and at is not None and self._wait_seconds is not None:
+            self._recent.started(queue, at.timestamp(), wait_seconds)
         if wait_seconds is not None:
             self._wait_seconds.observe((queue,), wait_seconds)
             if self._stages is not None:
                 self._stage_wait.observe((queue, self._stage(stage)), wait_seconds)
 
+    def expire(self, now: datetime) -> None:
+        """The exact_quantiles window ends at `now` (the database's clock at a poll)."""
+        if self._recent is not None:
+            self._recent.expire(now.timestamp())
+
     def emit(self, families: m.Families, source: str) -> None:
+        if self._recent is not None:
+            self._recent.emit(families, source)
         if self._reasons is not None:
             self._failures.emit(families(m.QUEUE_FAILURE_REASONS), (source,))
             families(m.FOLDED_LABEL_VALUES).add_metric([source, "reason"],

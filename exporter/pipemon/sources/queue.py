@@ -44,6 +44,7 @@ from pipemon.sources.presets.generic import GenericPreset
 from pipemon.sources.presets.graphile_worker import GraphileWorkerPreset
 from pipemon.sources.presets.pgboss import PgBossPreset
 from pipemon.sources.presets.procrastinate import ProcrastinatePreset
+from pipemon.sources.recent import ExactQuantiles
 from pipemon.verdict import CRITICAL, WARNING, Finding
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,9 @@ class QueueConfig(IncrementalPgConfig):
     buckets: JobBuckets | None = section(
         JobBuckets, "Histogram bounds of run and wait times (default: a layout for media"
         " work).")
+    exact_quantiles: ExactQuantiles | None = section(
+        ExactQuantiles, "Exact run- and wait-time quantiles per queue over a recent window"
+        " (default: none; docs/exporter.md).")
     queues: tuple[str, ...] = value("Only these queues; each is exported even while empty.",
                                     string_list, (), shown_default="all")
     default_queue: str = value("The queue name of jobs without one.", name, "default")
@@ -148,7 +152,7 @@ class QueueSource(PgSource):
              m.QUEUE_FAILURE_REASONS, m.QUEUE_STAGE_FINISHED, m.QUEUE_STAGE_RUN_SECONDS,
              m.QUEUE_STAGE_WAIT_SECONDS,
              m.QUEUE_RUN_SECONDS, m.QUEUE_WAIT_SECONDS, m.QUEUE_UNMAPPED,
-             m.QUEUE_PERMANENTLY_FAILED)
+             m.QUEUE_PERMANENTLY_FAILED, *m.QUEUE_WINDOW_SPECS)
 
     def __init__(self, config: QueueConfig):
         super().__init__(config)
@@ -161,7 +165,8 @@ class QueueSource(PgSource):
         self._jobs = JobCounters(
             self.preset.has_finished, self.preset.has_started,
             m.LabelCap(config.max_reasons) if config.failure_reason else None,
-            m.LabelCap(config.max_stages) if config.stage else None, config.buckets)
+            m.LabelCap(config.max_stages) if config.stage else None, config.buckets,
+            config.exact_quantiles)
         self._last_active: dict[str, datetime] = {}
         self._unmapped: dict[str, int] = {}
         self._unmapped_checked_at: float | None = None
@@ -221,6 +226,7 @@ class QueueSource(PgSource):
         oldest: dict[str, float] = {}
         stuck: dict[str, int] = {}
         dead: dict[str, int] = {}
+        self._jobs.expire(db_now)
         for raw_queue, state, count, oldest_waiting, stuck_count in active:
             queue = self._queue(raw_queue)
             self._touch(queue, db_now)
@@ -233,13 +239,13 @@ class QueueSource(PgSource):
         for _id, ts, raw_queue, outcome, run_seconds, *reason_stage in finished:
             queue = self._queue(raw_queue)
             self._touch(queue, ts)
-            self._jobs.finished(queue, outcome, run_seconds, *reason_stage)
+            self._jobs.finished(queue, outcome, run_seconds, *reason_stage, at=ts)
             if outcome in ("succeeded", "failed"):
                 self._completions.setdefault(queue, deque(maxlen=MAX_COMPLETIONS)).append(ts)
         for _id, ts, raw_queue, wait_seconds, *stage in started:
             queue = self._queue(raw_queue)
             self._touch(queue, ts)
-            self._jobs.started(queue, wait_seconds, *stage)
+            self._jobs.started(queue, wait_seconds, *stage, at=ts)
         if unmapped is not None:
             self._record_unmapped(unmapped)
         # Queues seen recently (or configured) are exported with every state, zeros included.

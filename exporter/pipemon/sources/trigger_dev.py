@@ -49,6 +49,7 @@ from pipemon.schema import (
 from pipemon.secret import Secret
 from pipemon.sources.base import Source, SourceConfig
 from pipemon.sources.jobs import JobBuckets, JobCounters, emit_gauges
+from pipemon.sources.recent import ExactQuantiles
 from pipemon.sources.trigger_api import Api, ApiError
 from pipemon.verdict import WARNING, Finding
 
@@ -125,6 +126,9 @@ class TriggerDevConfig(SourceConfig):
     buckets: JobBuckets | None = section(
         JobBuckets, "Histogram bounds of run and wait times (default: a layout for media"
         " work).")
+    exact_quantiles: ExactQuantiles | None = section(
+        ExactQuantiles, "Exact run- and wait-time quantiles per queue over a recent window"
+        " (default: none; docs/exporter.md).")
     replication_lag: float = value(
         "How far the runs list (a replicated copy) may lag behind the run store; each poll"
         " looks this far back for runs it has not seen.", duration, 300.0)
@@ -176,7 +180,7 @@ class TriggerDevSource(Source):
     specs = (m.QUEUE_JOBS, m.QUEUE_STUCK, m.QUEUE_PAUSED, m.QUEUE_CONCURRENCY_LIMIT,
              m.QUEUE_FINISHED, m.QUEUE_RUN_SECONDS, m.QUEUE_WAIT_SECONDS,
              m.TRIGGER_PEAK_QUEUED, m.TRIGGER_THROTTLED, m.TRIGGER_RATELIMIT_REMAINING,
-             m.TRIGGER_RATELIMIT_LIMIT)
+             m.TRIGGER_RATELIMIT_LIMIT, *m.QUEUE_WINDOW_SPECS)
     error_reasons = ERROR_REASONS
 
     def __init__(self, config: TriggerDevConfig):
@@ -185,7 +189,7 @@ class TriggerDevSource(Source):
         self.api = Api(config.base_url, config.secret_key, config.secrets())
         self.queue_cap = m.LabelCap(config.max_queues)
         self._lock = threading.Lock()
-        self._jobs = JobCounters(buckets=config.buckets)
+        self._jobs = JobCounters(buckets=config.buckets, exact=config.exact_quantiles)
         self._floor: datetime | None = None  # runs finished before pipemon started: not counted
         self._last_now: datetime | None = None  # the server's time at the last poll
         self._pending: dict[str, dict[str, datetime]] = {}  # queue -> run id -> createdAt
@@ -313,10 +317,11 @@ class TriggerDevSource(Source):
             return
         self._started[run["id"]] = _time(run["createdAt"])
         ready = max(filter(None, (_time(run["createdAt"]), _time(run.get("delayedUntil")))))
-        self._jobs.started(label, (started - ready).total_seconds())
+        self._jobs.started(label, (started - ready).total_seconds(), at=started)
 
     def _apply(self, queues, active, finished, server_now) -> TriggerSnapshot:
         jobs, paused, limits, stuck = {}, {}, {}, {}
+        self._jobs.expire(server_now)
         for item in queues:
             label = self._queue(queue_key(item))
             for state, field in (("waiting", "queued"), ("running", "running")):
@@ -374,7 +379,7 @@ class TriggerDevSource(Source):
             return  # finished before pipemon started
         started = _time(run.get("startedAt"))
         self._jobs.finished(label, outcome, None if started is None
-                            else (finished_at - started).total_seconds())
+                            else (finished_at - started).total_seconds(), at=finished_at)
         self._observe_start(run, label)
 
     def _forget_old(self) -> None:
