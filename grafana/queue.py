@@ -164,6 +164,16 @@ def build() -> dict:
                      "s",
                      [query("source_queue:pipemon_queue_job_wait_seconds:quantile_rate5m"
                             f"{{{SQ}}}", "{{queue}} p{{quantile}}")]), 12, 8)
+    g.add(timeseries("Run time, exact, over the window", "percentile_cont of the run times "
+                     "of the jobs finished in the source's exact_quantiles window (1h by "
+                     "default), per queue: exact where the histograms interpolate. Empty for a "
+                     "source without exact_quantiles (docs/exporter.md).", "s",
+                     [query(f"pipemon_queue_job_run_window_seconds{{{SQ}}}",
+                            "{{queue}} p{{quantile}}")]), 12, 8)
+    g.add(timeseries("Wait time, exact, over the window", "percentile_cont of the wait times "
+                     "of the jobs started in the exact_quantiles window, per queue.", "s",
+                     [query(f"pipemon_queue_job_wait_window_seconds{{{SQ}}}",
+                            "{{queue}} p{{quantile}}")]), 12, 8)
 
     g.row("Capacity and week over week")
     g.add(timeseries("Time to drain per queue", "Waiting jobs / finish rate per queue: the "

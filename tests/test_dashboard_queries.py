@@ -166,7 +166,7 @@ def stack_sources(dsn: str, s3_url: str, scratch: Path) -> list[dict]:
     )]
     return [
         queue_source(dsn, interval="1s", timeout="900ms", unmapped_check_interval="1s",
-                     failure_reason="error", stage="stage"),
+                     failure_reason="error", stage="stage", exact_quantiles={"window": "1h"}),
         {"name": "analysis", "kind": "analysis", "dsn": dsn, "interval": "1s",
          "timeout": "900ms", "table": "audio_events_cache",
          "columns": {"id": "id", "created_at": "created_at"},

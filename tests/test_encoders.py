@@ -3,6 +3,7 @@ request they do not cover back to prometheus_client."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -155,3 +156,28 @@ def test_a_histogram_family_with_samples_added_otherwise_is_rendered_sample_by_s
     rendered = encoders.choose(accept)[1]([family])
     assert rendered == choose_encoder(accept)[0](registry)
     assert b'source="other"' in rendered
+
+
+def test_histogram_samples_are_the_ones_add_metric_makes():
+    """HistogramSet builds its samples itself (only the values change between renders); they
+    must be prometheus_client's, for its encoders and for everything reading the families."""
+    run, spec = histogram_sets()
+    for _ in range(2):  # first render, then after an observation
+        ours = spec.family()
+        run.emit(ours, ("jobs",))
+        theirs = HistogramMetricFamily(spec.name, spec.help, labels=spec.labels)
+        for labels in sorted(run._counts):
+            cumulative = itertools.accumulate(run._counts[labels])
+            theirs.add_metric(["jobs", *labels], list(zip(run._le, cumulative, strict=True)),
+                              run._sums[labels])
+        assert ours.samples == theirs.samples
+        run.observe(("stems", "succeeded"), 3000)
+
+
+@pytest.mark.parametrize("count", [0, 1, 999_999, 1_000_000, 12_345_678, 10**17, 2.5])
+def test_count_text_is_float_to_go_string(count):
+    from prometheus_client.utils import floatToGoString
+
+    from pipemon.metrics import _count_text
+
+    assert _count_text(count) == floatToGoString(count)

@@ -270,19 +270,7 @@ def measure(exporter: Contender, ds: Dataset, admin: str, dsn: str, writer: Writ
             unmapped["amortized_ms"] if unmapped else 0.0)
         if walls:
             values["poll_wall_ms_median"] = statistics.median(w for w in walls if w) * 1000
-        if is_pipemon and settings.accuracy:
-            writer.pause()
-            writer.burst(settings.accuracy_jobs)
-            id_end = conn.execute("SELECT max(id) FROM jobs").fetchone()[0]
-            analysis_end = conn.execute("SELECT max(id) FROM audio_events_cache").fetchone()[0]
-            calls = stats.marker_calls(exporter.marker)
-            seen = wait_calls(stats, exporter.marker, calls + 2, interval * 4 + 60)
-            time.sleep(max(0.0, seen + interval / 2 - time.monotonic()))
-            values["accuracy"] = pipemon_accuracy(conn, scrape_text(running.url),
-                                                  (id_start, id_end),
-                                                  (analysis_start, analysis_end))
-            writer.resume()
-        elif settings.accuracy:
+        if settings.accuracy and not is_pipemon:
             values["accuracy"] = peer_accuracy(conn, scrape_text(running.url), exporter)
         scraper.stop.set()
         scraper.join()
@@ -306,6 +294,21 @@ def measure(exporter: Contender, ds: Dataset, admin: str, dsn: str, writer: Writ
                                                 pace=1.0, aligned=True)
         values["rss_hwm_mib"] = proc_status(running.proc.pid, "VmHWM") / 2**20
         values["rss_mib"] = proc_status(running.proc.pid, "VmRSS") / 2**20
+        if is_pipemon and settings.accuracy:
+            # Last: the burst of jobs it reads (1,000 per queue in one poll) is not the steady
+            # state the numbers above describe.
+            writer.pause()
+            writer.burst(settings.accuracy_jobs)
+            id_end = conn.execute("SELECT max(id) FROM jobs").fetchone()[0]
+            analysis_end = conn.execute("SELECT max(id) FROM audio_events_cache").fetchone()[0]
+            calls = stats.marker_calls(exporter.marker)
+            seen = wait_calls(stats, exporter.marker, calls + 2, interval * 4 + 60)
+            time.sleep(max(0.0, seen + interval / 2 - time.monotonic()))
+            values["accuracy"] = pipemon_accuracy(conn, scrape_text(running.url),
+                                                  (id_start, id_end),
+                                                  (analysis_start, analysis_end))
+            values["rss_hwm_after_burst_mib"] = proc_status(running.proc.pid, "VmHWM") / 2**20
+            writer.resume()
         if running.proc.poll() is not None:
             raise RuntimeError(f"{exporter.title} exited: {tail(running)}")
     finally:

@@ -74,6 +74,10 @@ def main_table(results: list[Result]) -> str:
     row("CPU ratio to pipemon", lambda k, v: "1x" if k == "pipemon" else
         ratio(v["cpu_s_per_hour"], base.get("cpu_s_per_hour")))
     row("peak RSS (VmHWM) MiB", lambda k, v: f"{v['rss_hwm_mib']:.1f}")
+    if any("rss_hwm_after_burst_mib" in r.values for r in results):
+        row("peak RSS after the accuracy burst (all queues' jobs read in one poll) MiB",
+            lambda k, v: f"{v['rss_hwm_after_burst_mib']:.1f}"
+            if "rss_hwm_after_burst_mib" in v else "-")
     return "\n".join(lines)
 
 

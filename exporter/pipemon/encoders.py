@@ -94,25 +94,24 @@ def encode_openmetrics(families: Iterable[Metric]) -> bytes:
     return "".join(out).encode("utf-8")
 
 
-def sample_lines(samples: Iterable) -> str:
-    """The samples' lines as both formats render them (their sample lines are the same)."""
-    return "".join(_sample_line(sample) for sample in samples)
-
-
 def _prerendered(family) -> bool:
     """True if the family carries the text of all its samples (metrics.HistogramFamily)."""
     return getattr(family, "lined", -1) == len(family.samples)
 
 
+def line_start(name: str, labels: dict[str, str]) -> str:
+    """A sample's line up to its value: the name and the labels, sorted and escaped."""
+    _check(name)
+    if labels:
+        pairs = ",".join(f'{_label_name(k)}="{_escape(v)}"' for k, v in sorted(labels.items()))
+        return f"{name}{{{pairs}}} "
+    return f"{name} "
+
+
 def _sample_line(sample) -> str:
     if sample.timestamp is not None or sample.exemplar is not None:
         raise ValueError(f"{sample.name}: timestamps and exemplars are not rendered by pipemon")
-    _check(sample.name)
-    labels = sample.labels
-    if labels:
-        pairs = ",".join(f'{_label_name(k)}="{_escape(v)}"' for k, v in sorted(labels.items()))
-        return f"{sample.name}{{{pairs}}} {floatToGoString(sample.value)}\n"
-    return f"{sample.name} {floatToGoString(sample.value)}\n"
+    return f"{line_start(sample.name, sample.labels)}{floatToGoString(sample.value)}\n"
 
 
 def _escape(value: str) -> str:

@@ -28,7 +28,7 @@ from pipemon import encoders
 
 log = logging.getLogger(__name__)
 
-GZIP_LEVEL = 6  # gzip's default 9 costs twice the CPU for a body 2% smaller
+GZIP_LEVEL = 1  # 1,700 series: 0.33 ms and 6.9 KB, against 1.2 ms and 6.0 KB at 6 (issue 19)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 
 from psycopg import sql
 
-from pipemon.db import Cursor
+from pipemon.db import Cursor, composed_once
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class IncrementalReader:
         floor_sql: sql.Composable | None = None,
     ):
         self.name = name
-        self._query = query
+        self._query = composed_once(query)
         self._overlap = timedelta(seconds=overlap)
         self._page_size = page_size
         self._max_rows = max_rows

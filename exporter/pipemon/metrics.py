@@ -23,7 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from pipemon.encoders import sample_lines
+from pipemon.encoders import line_start
 
 # Media work, from a sub-second wait to a 12-hour transcode: 1.33-1.5x apart from 10 s to 4 h,
 # so a quantile read from them is within a few percent with enough jobs (bench/README.md), and
@@ -59,6 +59,7 @@ class HistogramFamily(HistogramMetricFamily):
 
     def __init__(self, name: str, documentation: str, labels: tuple[str, ...]) -> None:
         super().__init__(name, documentation, labels=labels)
+        self.label_names = tuple(labels)
         self.lines: list[str] = []
         self.lined = 0  # how many of `samples` the lines render; encoders.py checks it
 
@@ -328,6 +329,9 @@ class HistogramSet:
         self._sums: dict[tuple[str, ...], float] = {}
         # labels -> (family name, prefix, samples, their text), dropped by each observation
         self._rendered: dict[tuple[str, ...], tuple[str, tuple, list[Sample], str]] = {}
+        # labels -> (family name, prefix, label dicts per bucket, the series' labels, the
+        # start of each line up to its value): what does not change between observations
+        self._templates: dict[tuple[str, ...], tuple] = {}
 
     def ensure(self, labels: tuple[str, ...]) -> None:
         if labels not in self._counts:
@@ -344,20 +348,49 @@ class HistogramSet:
         self._rendered.pop(labels, None)
 
     def emit(self, family: Metric, prefix: tuple[str, ...]) -> None:
+        if not isinstance(family, HistogramFamily):  # a family built elsewhere: samples only
+            for labels in sorted(self._counts):
+                buckets = zip(self._le, itertools.accumulate(self._counts[labels]), strict=True)
+                family.add_metric([*prefix, *labels], list(buckets), self._sums[labels])
+            return
         for labels in sorted(self._counts):
             rendered = self._rendered.get(labels)
             if rendered is None or rendered[:2] != (family.name, prefix):
-                start = len(family.samples)
-                buckets = zip(self._le, itertools.accumulate(self._counts[labels]), strict=True)
-                family.add_metric([*prefix, *labels], list(buckets), self._sums[labels])
-                samples = family.samples[start:]
-                rendered = self._rendered[labels] = (family.name, prefix, samples,
-                                                     sample_lines(samples))
-            else:
-                family.samples.extend(rendered[2])
-            if isinstance(family, HistogramFamily):
-                family.lines.append(rendered[3])
-                family.lined += len(rendered[2])
+                rendered = self._rendered[labels] = (family.name, prefix,
+                                                     *self._render(family, prefix, labels))
+            family.samples.extend(rendered[2])
+            family.lines.append(rendered[3])
+            family.lined += len(rendered[2])
+
+    def _render(self, family: HistogramFamily, prefix: tuple[str, ...],
+                labels: tuple[str, ...]) -> tuple[list[Sample], str]:
+        """The series' samples, as HistogramMetricFamily.add_metric makes them, and their
+        text, as encoders.py writes it; only the values are new."""
+        name = family.name
+        template = self._templates.get(labels)
+        if template is None or template[:2] != (name, prefix):
+            series = dict(zip(family.label_names, (*prefix, *labels), strict=True))
+            per_bucket = [{**series, "le": le} for le in self._le]
+            starts = [*(line_start(name + "_bucket", d) for d in per_bucket),
+                      line_start(name + "_count", series), line_start(name + "_sum", series)]
+            template = self._templates[labels] = (name, prefix, per_bucket, series, starts)
+        _, _, per_bucket, series, starts = template
+        cumulative = list(itertools.accumulate(self._counts[labels]))
+        total = self._sums[labels]
+        samples = [Sample(name + "_bucket", d, c)
+                   for d, c in zip(per_bucket, cumulative, strict=True)]
+        samples += [Sample(name + "_count", series, cumulative[-1]),
+                    Sample(name + "_sum", series, total)]
+        text = "".join(f"{start}{_count_text(value)}\n" for start, value in
+                       zip(starts, (*cumulative, cumulative[-1], total), strict=True))
+        return samples, text
+
+
+def _count_text(value: float) -> str:
+    """floatToGoString(value), without its float() and repr() for the common small count."""
+    if type(value) is int and 0 <= value < 1_000_000:
+        return f"{value}.0"
+    return floatToGoString(value)
 
 
 MAX_LABEL_LENGTH = 128

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from pipemon import metrics as m
+from pipemon.db import composed_once
 from pipemon.incremental import IncrementalReader
 from pipemon.schema import (
     Checked,
@@ -158,6 +159,7 @@ class QueueSource(PgSource):
         super().__init__(config)
         self.config: QueueConfig = config
         self.preset = PRESETS[config.preset](config)
+        self._active_sql = composed_once(self.preset.active_sql)
         self.schema_version: str | None = None  # the library's, as the preset found it
         self.queue_cap = m.LabelCap(config.max_queues)
         self.raw_state_cap = m.LabelCap(MAX_RAW_STATES)
@@ -198,7 +200,7 @@ class QueueSource(PgSource):
         with self.session.transaction(deadline) as cur:
             db_now = cur.rows("SELECT now()")[0][0]
             version = self.preset.detect(cur)
-            active = cur.rows(self.preset.active_sql(), {"stuck": cfg.stuck_after})
+            active = cur.rows(self._active_sql(), {"stuck": cfg.stuck_after})
             finished = self.finished_reader.read(cur, db_now) if self.finished_reader else []
             started = self.started_reader.read(cur, db_now) if self.started_reader else []
             unmapped = self.preset.unmapped(cur) if check_unmapped else None
