@@ -34,6 +34,10 @@ class Query:
 
     with_after: bool
 
+    def as_string(self) -> Query:
+        """The reader renders each query once (db.composed_once): the marker stays itself."""
+        return self
+
 
 def build_query(with_after: bool) -> Query:
     return Query(with_after)

@@ -12,13 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
 from pipemon.metrics import (
     MAX_LABEL_LENGTH,
     OTHER,
     CounterSet,
+    HistogramFamily,
     HistogramSet,
     LabelCap,
     label_value,
@@ -203,7 +204,7 @@ def histogram(values, labels=("q",), buckets=(1, 2.5, 5)) -> tuple[HistogramSet,
     hist.ensure(labels)
     for value in values:
         hist.observe(labels, value)
-    family = HistogramMetricFamily("pipemon_h", "help", labels=("source", "queue"))
+    family = HistogramFamily("pipemon_h", "help", labels=("source", "queue"))
     hist.emit(family, ("db",))
     return hist, family.samples
 
@@ -231,7 +232,7 @@ def test_histogram_ensure_emits_zeros_and_series_are_sorted():
     hist.ensure(("b",))
     hist.observe(("a",), 3)
     hist.ensure(("a",))  # never resets
-    family = HistogramMetricFamily("pipemon_h", "help", labels=("queue",))
+    family = HistogramFamily("pipemon_h", "help", labels=("queue",))
     hist.emit(family, ())
     assert [(s.name, s.labels, s.value) for s in family.samples] == [
         ("pipemon_h_bucket", {"queue": "a", "le": "1.0"}, 0),

@@ -98,17 +98,23 @@ def test_every_finished_run_is_counted_once_whatever_its_age_name_or_lag(make_ap
     assert value(app, "pipemon_queue_stuck_jobs", queue="task/separate") == 0
 
 
+def add_four_finished_runs(api) -> None:
+    """Runs of task/analyse created 30 s ago and started now, finished 20, 40, 60 and 80 s
+    later: two succeeded, one cancelled, one timed out."""
+    now = datetime.now(UTC)
+    for i, status in enumerate(("COMPLETED_SUCCESSFULLY", "COMPLETED_SUCCESSFULLY", "CANCELED",
+                                "TIMED_OUT")):
+        api.add_run("analyse", status, now - timedelta(seconds=30), started=now,
+                    finished=now + timedelta(seconds=20 * (i + 1)))
+
+
 def test_runs_created_and_finished_between_polls_are_counted_with_their_run_time(make_app, api):
     api.add_queue("analyse", type="task")
     api.add_run("analyse", "COMPLETED_SUCCESSFULLY", ago(hours=3), started=ago(hours=3),
                 finished=ago(hours=2))  # before pipemon started: not counted
     app = make_app([source(api)])
     assert app.poll_all_once(), app.health()
-    now = datetime.now(UTC)
-    for i, status in enumerate(("COMPLETED_SUCCESSFULLY", "COMPLETED_SUCCESSFULLY", "CANCELED",
-                                "TIMED_OUT")):
-        api.add_run("analyse", status, now - timedelta(seconds=30), started=now,
-                    finished=now + timedelta(seconds=20 * (i + 1)))
+    add_four_finished_runs(api)
     assert app.poll_all_once(), app.health()
     assert finished(app, "task/analyse", "succeeded") == 2
     assert finished(app, "task/analyse", "cancelled") == 1
@@ -121,11 +127,7 @@ def test_exact_quantiles_of_the_runs_finished_in_the_window(make_app, api):
     api.add_queue("analyse", type="task")
     app = make_app([source(api, exact_quantiles={"window": "1h", "quantiles": [0.5, 0.99]})])
     assert app.poll_all_once(), app.health()
-    now = datetime.now(UTC)
-    for i, status in enumerate(("COMPLETED_SUCCESSFULLY", "COMPLETED_SUCCESSFULLY", "CANCELED",
-                                "TIMED_OUT")):
-        api.add_run("analyse", status, now - timedelta(seconds=30), started=now,
-                    finished=now + timedelta(seconds=20 * (i + 1)))
+    add_four_finished_runs(api)
     assert app.poll_all_once(), app.health()
     queue = {"queue": "task/analyse"}
     # percentile_cont over 20, 40, 60, 80 s: every outcome

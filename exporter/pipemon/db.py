@@ -237,10 +237,7 @@ def composed_once(build: Callable[..., sql.Composable]) -> Callable[..., str]:
     """`build`'s SQL as text, composed once per distinct arguments. A source's queries depend
     on its config only; composing them on every poll (and psycopg walking the composition on
     every execute) was a fifth of a poll's CPU (bench/README.md, issue 19)."""
-    def text(*args):
-        query = build(*args)
-        return query.as_string() if isinstance(query, sql.Composable) else query
-    return functools.cache(text)
+    return functools.cache(lambda *args: build(*args).as_string())
 
 
 def relation(table: str) -> sql.Composable:

@@ -22,10 +22,9 @@ log = logging.getLogger(__name__)
 class Alarm:
     """An armed callback; `cancel()` disarms it (a no-op once it has run)."""
 
-    __slots__ = ("callback", "cancelled", "when")
+    __slots__ = ("callback", "cancelled")
 
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
-        self.when = when
+    def __init__(self, callback: Callable[[], None]) -> None:
         self.callback = callback
         self.cancelled = False
 
@@ -41,9 +40,9 @@ class Deadlines:
         self._thread: threading.Thread | None = None
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Alarm:
-        alarm = Alarm(time.monotonic() + delay, callback)
+        alarm = Alarm(callback)
         with self._wake:
-            heapq.heappush(self._heap, (alarm.when, next(self._order), alarm))
+            heapq.heappush(self._heap, (time.monotonic() + delay, next(self._order), alarm))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="deadlines", daemon=True)
                 self._thread.start()

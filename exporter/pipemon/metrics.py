@@ -327,11 +327,7 @@ class HistogramSet:
         self._le = tuple(floatToGoString(b) for b in (*self.bounds, math.inf))
         self._counts: dict[tuple[str, ...], list[int]] = {}
         self._sums: dict[tuple[str, ...], float] = {}
-        # labels -> (family name, prefix, samples, their text), dropped by each observation
-        self._rendered: dict[tuple[str, ...], tuple[str, tuple, list[Sample], str]] = {}
-        # labels -> (family name, prefix, label dicts per bucket, the series' labels, the
-        # start of each line up to its value): what does not change between observations
-        self._templates: dict[tuple[str, ...], tuple] = {}
+        self._text: dict[tuple[str, ...], _SeriesText] = {}
 
     def ensure(self, labels: tuple[str, ...]) -> None:
         if labels not in self._counts:
@@ -345,45 +341,48 @@ class HistogramSet:
         self.ensure(labels)
         self._counts[labels][bisect.bisect_left(self.bounds, value)] += 1  # le: value <= bound
         self._sums[labels] += value
-        self._rendered.pop(labels, None)
+        if labels in self._text:
+            self._text[labels].samples = None  # stale: rendered again at the next emit
 
-    def emit(self, family: Metric, prefix: tuple[str, ...]) -> None:
-        if not isinstance(family, HistogramFamily):  # a family built elsewhere: samples only
-            for labels in sorted(self._counts):
-                buckets = zip(self._le, itertools.accumulate(self._counts[labels]), strict=True)
-                family.add_metric([*prefix, *labels], list(buckets), self._sums[labels])
-            return
+    def emit(self, family: HistogramFamily, prefix: tuple[str, ...]) -> None:
         for labels in sorted(self._counts):
-            rendered = self._rendered.get(labels)
-            if rendered is None or rendered[:2] != (family.name, prefix):
-                rendered = self._rendered[labels] = (family.name, prefix,
-                                                     *self._render(family, prefix, labels))
-            family.samples.extend(rendered[2])
-            family.lines.append(rendered[3])
-            family.lined += len(rendered[2])
+            text = self._text.get(labels)
+            if text is None or text.key != (family.name, prefix):
+                text = self._text[labels] = _SeriesText(family, prefix, labels, self._le)
+            if text.samples is None:
+                text.render(family.name, self._counts[labels], self._sums[labels])
+            family.samples.extend(text.samples)
+            family.lines.append(text.lines)
+            family.lined += len(text.samples)
 
-    def _render(self, family: HistogramFamily, prefix: tuple[str, ...],
-                labels: tuple[str, ...]) -> tuple[list[Sample], str]:
-        """The series' samples, as HistogramMetricFamily.add_metric makes them, and their
-        text, as encoders.py writes it; only the values are new."""
+
+class _SeriesText:
+    """One histogram series as HistogramMetricFamily.add_metric makes its samples and
+    encoders.py writes its lines. Between observations nothing changes; at one, only the values
+    do: the label dicts and the start of each line up to its value are kept."""
+
+    __slots__ = ("key", "lines", "per_bucket", "samples", "series", "starts")
+
+    def __init__(self, family: HistogramFamily, prefix: tuple[str, ...],
+                 labels: tuple[str, ...], le: tuple[str, ...]) -> None:
         name = family.name
-        template = self._templates.get(labels)
-        if template is None or template[:2] != (name, prefix):
-            series = dict(zip(family.label_names, (*prefix, *labels), strict=True))
-            per_bucket = [{**series, "le": le} for le in self._le]
-            starts = [*(line_start(name + "_bucket", d) for d in per_bucket),
-                      line_start(name + "_count", series), line_start(name + "_sum", series)]
-            template = self._templates[labels] = (name, prefix, per_bucket, series, starts)
-        _, _, per_bucket, series, starts = template
-        cumulative = list(itertools.accumulate(self._counts[labels]))
-        total = self._sums[labels]
-        samples = [Sample(name + "_bucket", d, c)
-                   for d, c in zip(per_bucket, cumulative, strict=True)]
-        samples += [Sample(name + "_count", series, cumulative[-1]),
-                    Sample(name + "_sum", series, total)]
-        text = "".join(f"{start}{_count_text(value)}\n" for start, value in
-                       zip(starts, (*cumulative, cumulative[-1], total), strict=True))
-        return samples, text
+        self.key = (name, prefix)
+        self.series = dict(zip(family.label_names, (*prefix, *labels), strict=True))
+        self.per_bucket = [{**self.series, "le": bound} for bound in le]
+        self.starts = [*(line_start(name + "_bucket", d) for d in self.per_bucket),
+                       line_start(name + "_count", self.series),
+                       line_start(name + "_sum", self.series)]
+        self.samples: list[Sample] | None = None  # None: render before use
+        self.lines = ""
+
+    def render(self, name: str, counts: list[int], total: float) -> None:
+        cumulative = list(itertools.accumulate(counts))
+        self.samples = [Sample(name + "_bucket", d, c)
+                        for d, c in zip(self.per_bucket, cumulative, strict=True)]
+        self.samples += [Sample(name + "_count", self.series, cumulative[-1]),
+                         Sample(name + "_sum", self.series, total)]
+        self.lines = "".join(f"{start}{_count_text(value)}\n" for start, value in
+                             zip(self.starts, (*cumulative, cumulative[-1], total), strict=True))
 
 
 def _count_text(value: float) -> str:
