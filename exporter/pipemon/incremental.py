@@ -2,7 +2,9 @@
 
 The watermark is the database's `now()` at the last complete read. Each poll re-reads an overlap
 window before it, because a row can commit after a poll with a timestamp from before it (its
-transaction started earlier); rows already seen are skipped by (id, timestamp). On the first poll
+transaction started earlier); rows already seen are skipped by (id, timestamp), and PostgreSQL
+leaves them out of the answer, so that the overlap costs a lookup instead of a re-read (issue 19:
+at 4 jobs/s, a 2-minute overlap is 460 rows a poll per reader). On the first poll
 the watermark is set to `now()` and nothing is read: no backfill, and the floor stops the overlap
 from reaching back before pipemon started.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg import sql
@@ -21,9 +23,9 @@ from pipemon.db import Cursor, composed_once
 
 log = logging.getLogger(__name__)
 
-# query(with_after) -> composed SQL taking %(since)s and %(limit)s, and with_after also
-# %(after_ts)s and %(after_id)s (keyset paging). Its first two columns are the id and the
-# timestamp (as timestamptz); `keyset()` builds the shared part.
+# query(with_after) -> composed SQL taking %(since)s, %(limit)s and %(seen)s,
+# and with_after also %(after_ts)s and %(after_id)s (keyset paging). Its first two columns are
+# the id and the timestamp (as timestamptz); `keyset()` builds the shared part.
 QueryBuilder = Callable[[bool], sql.Composable]
 
 
@@ -33,7 +35,8 @@ class ReaderState:
     watermark: datetime | None = None  # db now() at the last complete read
     resume_after: tuple[datetime, Any] | None = None  # keyset position of a capped read
     polled_at: datetime | None = None  # db now() at the last read, complete or capped
-    seen: dict[tuple[Any, datetime], datetime] = field(default_factory=dict)  # in the overlap
+    # (id, ts) -> its element of the %(seen)s array literal: the rows read within the overlap
+    seen: dict[tuple[Any, datetime], str] = field(default_factory=dict)
     id_marks: tuple[tuple[datetime, Any], ...] = ()  # (db now(), largest id then), oldest first
 
 
@@ -70,7 +73,7 @@ class IncrementalReader:
             marks = (*marks, (db_now, cur.rows(self._floor_sql)[0][0]))
         if state.watermark is None:
             # Run the query once, reading nothing, so a wrong column fails the first poll.
-            cur.rows(self._query(False), {"since": db_now, "limit": 0, "id_floor": None})
+            cur.rows(self._query(False), window_params(db_now, 0, None, {}))
             self._pending = ReaderState(floor=db_now, watermark=db_now, polled_at=db_now,
                                         id_marks=marks)
             return []
@@ -86,16 +89,18 @@ class IncrementalReader:
         seen = dict(state.seen)
         new_rows: list[tuple] = []
         if late_since is not None:
-            self._read_late(cur, late_since, id_floor, state.resume_after, seen, new_rows)
+            self._read_late(cur, window_params(late_since, self._page_size, id_floor, seen),
+                            state.resume_after, seen, new_rows)
+        params = window_params(since, self._page_size, id_floor, seen)
         after, watermark, resume_after = state.resume_after, state.watermark, None
         read = 0
         while True:
-            page = self._page(cur, since, id_floor, after)
+            page = self._page(cur, params, after)
             read += len(page)
             for row in page:
                 key = (row[0], row[1])
                 if key not in seen:
-                    seen[key] = row[1]
+                    seen[key] = seen_element(*key)
                     new_rows.append(row)
             if page:
                 after = (page[-1][1], page[-1][0])
@@ -110,32 +115,46 @@ class IncrementalReader:
                 break
         # Rows at or before the next poll's lower bounds are never read again: forget them.
         horizon = max(min(watermark, db_now) - self._overlap, state.floor)
-        seen = {key: ts for key, ts in seen.items() if ts > horizon}
+        seen = {key: element for key, element in seen.items() if key[1] > horizon}
         self._pending = ReaderState(state.floor, watermark, resume_after, db_now, seen, marks)
         return new_rows
 
-    def _page(self, cur: Cursor, since: datetime, id_floor: Any,
-              after: tuple[datetime, Any] | None) -> list[tuple]:
-        params = {"since": since, "limit": self._page_size, "id_floor": id_floor}
+    def _page(self, cur: Cursor, params: dict, after: tuple[datetime, Any] | None
+              ) -> list[tuple]:
         if after is not None:
-            params["after_ts"], params["after_id"] = after
+            params = {**params, "after_ts": after[0], "after_id": after[1]}
         return cur.rows(self._query(after is not None), params)
 
-    def _read_late(self, cur: Cursor, since: datetime, id_floor: Any,
-                   resume_after: tuple[datetime, Any], seen: dict, new_rows: list) -> None:
+    def _read_late(self, cur: Cursor, params: dict, resume_after: tuple[datetime, Any],
+                   seen: dict, new_rows: list) -> None:
         """The rows after `since` and before the resume point not seen yet (late commits)."""
         after = None
         while True:
-            page = self._page(cur, since, id_floor, after)
+            page = self._page(cur, params, after)
             for row in page:
                 if (row[1], row[0]) >= resume_after:
                     return  # the resume read goes on from here
                 if (row[0], row[1]) not in seen:
-                    seen[(row[0], row[1])] = row[1]
+                    seen[(row[0], row[1])] = seen_element(row[0], row[1])
                     new_rows.append(row)
             if len(page) < self._page_size:
                 return
             after = (page[-1][1], page[-1][0])
+
+
+def window_params(since: datetime, limit: int, id_floor: Any,
+                  seen: dict[tuple[Any, datetime], str]) -> dict[str, Any]:
+    """The parameters of a read: the rows after `since` that are not among `seen`."""
+    return {"since": since, "limit": limit, "id_floor": id_floor,
+            "seen": "{" + ",".join(seen.values()) + "}"}
+
+
+def seen_element(id_: Any, ts: datetime) -> str:
+    """A row's key as keyset() computes it in SQL, quoted for a text[] literal: the timestamp
+    in UTC to the microsecond, then the id as PostgreSQL writes it as text. One string sent
+    instead of two arrays, which psycopg dumps element by element (1.8 ms for 460 pairs)."""
+    text = f"{ts.astimezone(UTC):%Y%m%d%H%M%S%f} {id_}"
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _id_floor(marks: tuple, since: datetime) -> tuple[tuple, Any]:
@@ -155,8 +174,16 @@ def _id_floor(marks: tuple, since: datetime) -> tuple[tuple, Any]:
 def keyset(
     ts: sql.Composable, id_: sql.Composable, with_after: bool
 ) -> tuple[sql.Composable, sql.Composable]:
-    """The condition and the ORDER/LIMIT tail that every incremental query shares."""
-    condition = sql.SQL("{ts} > %(since)s").format(ts=ts)
+    """The condition and the ORDER/LIMIT tail that every incremental query shares.
+
+    The rows already seen are left out by their key (`seen_element()`), which works for ids of
+    any type. A hashed anti-join over a few hundred keys costs PostgreSQL microseconds, where
+    sending those rows again cost pipemon a millisecond a poll (bench/README.md, issue 19).
+    """
+    condition = sql.SQL(
+        "{ts} > %(since)s AND (to_char(({ts})::timestamptz AT TIME ZONE 'UTC',"
+        " 'YYYYMMDDHH24MISSUS') || ' ' || {id}::text) NOT IN (SELECT unnest(%(seen)s::text[]))"
+    ).format(ts=ts, id=id_)
     if with_after:
         condition += sql.SQL(" AND ({ts}, {id}) > (%(after_ts)s, %(after_id)s)").format(
             ts=ts, id=id_

@@ -19,6 +19,7 @@ from datetime import timedelta
 from psycopg import sql
 
 from pipemon.db import Cursor, PgSession
+from pipemon.incremental import window_params
 from pipemon.sources.presets.base import Preset
 from pipemon.sources.presets.generic import GenericPreset
 from pipemon.sources.queue import PRESETS, QueueConfig
@@ -56,8 +57,8 @@ def explain_queue(preset: Preset, cur: Cursor, analyze: bool = False) -> list[Pl
     cfg = preset.config
     preset.detect(cur)
     db_now = cur.rows("SELECT now()")[0][0]
-    window = {"since": db_now - timedelta(seconds=cfg.late_commit_window),
-              "limit": cfg.page_size, "id_floor": None}
+    window = window_params(db_now - timedelta(seconds=cfg.late_commit_window), cfg.page_size,
+                           None, {})
     indexes = preset.indexes(concurrently=True) if isinstance(preset, GenericPreset) else {}
     queries = [("active jobs", preset.active_sql(), {"stuck": cfg.stuck_after}, None)]
     if preset.has_finished:
