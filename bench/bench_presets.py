@@ -1,4 +1,4 @@
-"""Benchmark: poll cost must not grow with history (generic table and pg-boss, 10M jobs).
+"""Benchmark: poll cost must not grow with history (generic table, pg-boss, pgqueuer; 10M jobs).
 
 For each: a throwaway database with N finished jobs spread over 30 days, 1,000 finished in the
 last 2 minutes (re-read every poll as the late-commit window) and 10,000 active jobs, with the
@@ -7,7 +7,8 @@ buffers it touches (EXPLAIN (ANALYZE, BUFFERS)) and whether it scans the job tab
 
     python -m bench.bench_presets [--rows 10000000] [--polls 20] [--presets generic,pgboss]
 
-pg-boss's schema is created by the real pg-boss (tests/queues/node, `make install` first).
+pg-boss's schema is created by the real pg-boss (tests/queues/node, `make install` first),
+pgqueuer's by pgqueuer's own DDL (`build_install_query()`, what `pgq install` runs).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from psycopg.conninfo import make_conninfo
 
 from pipemon.app import App
 from pipemon.config import load
+from pipemon.incremental import window_params
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "tests" / "queues" / "node"
@@ -91,6 +93,43 @@ PGBOSS = {
 }
 
 
+# pgqueuer keeps no finished job in its table: a finished job is three log rows (queued, picked,
+# successful or exception) by the same job id.
+PGQUEUER = {
+    "fill": [
+        f"""INSERT INTO pgqueuer_log (created, job_id, status, priority, entrypoint)
+        SELECT t + d.offset_, i, d.status::pgqueuer_status, 0, 'q' || (i %% 8)
+        FROM (SELECT i, now() - {SPREAD} AS t FROM generate_series(1, %(rows)s) i) s,
+             (VALUES (interval '-40 seconds', 'queued'), (interval '-30 seconds', 'picked'),
+                     (interval '0 seconds', 'successful')) AS d(offset_, status)""",
+        """INSERT INTO pgqueuer_log (created, job_id, status, priority, entrypoint)
+        SELECT now() - (i * interval '120 milliseconds') + d.offset_, %(rows)s + i,
+               d.status::pgqueuer_status, 0, 'q' || (i %% 8)
+        FROM generate_series(1, 1000) i,
+             (VALUES (interval '-40 seconds', 'queued'), (interval '-30 seconds', 'picked'),
+                     (interval '0 seconds', 'successful')) AS d(offset_, status)""",
+        """INSERT INTO pgqueuer (priority, created, updated, heartbeat, execute_after, status,
+                                 entrypoint, attempts)
+        SELECT 0, now() - (i %% 600) * interval '1 second',
+               now() - (i %% 600) * interval '1 second', now(),
+               now() - (i %% 600) * interval '1 second',
+               (ARRAY['queued','picked','queued'])[1 + i %% 3]::pgqueuer_status, 'q' || (i %% 8),
+               CASE WHEN i %% 3 = 2 THEN 1 ELSE 0 END
+        FROM generate_series(1, 10000) i""",
+    ],
+    "indexes": [],  # pgqueuer's own are enough (docs/queues.md)
+    "table": "pgqueuer",
+    "source": {"preset": "pgqueuer"},
+}
+
+
+def prepare_pgqueuer(dsn: str) -> None:
+    from pgqueuer.adapters.persistence.qb import QueryBuilderEnvironment
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(QueryBuilderEnvironment().build_install_query())
+
+
 def prepare_pgboss(dsn: str) -> None:
     url = dsn_url(dsn)
     for command in ("setup",):
@@ -129,7 +168,7 @@ def explain(conn, query, params: dict) -> tuple[int, int, int]:
         r"(?:Scan|Scan Backward)[^\n]*actual time=[^ ]+ rows=(\d+)", plan))
     seq = 0
     for block in re.split(r"\n\s*->", plan):
-        if re.search(r"Seq Scan on (jobs|job|j[0-9a-f]{56})\b", block):
+        if re.search(r"Seq Scan on (jobs|job|pgqueuer_log|j[0-9a-f]{56})\b", block):
             seq += sum(int(n) for n in re.findall(r" rows=(\d+) loops", block))
             seq += sum(int(n) for n in re.findall(r"Rows Removed by Filter: (\d+)", block))
     return scanned, touched, seq
@@ -144,6 +183,8 @@ def bench(name: str, spec: dict, admin: str, rows: int, polls: int, folder: Path
         started = time.perf_counter()
         if name == "pgboss":
             prepare_pgboss(dsn)
+        elif name == "pgqueuer":
+            prepare_pgqueuer(dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
             if "schema" in spec:
                 conn.execute(spec["schema"])
@@ -165,7 +206,7 @@ def bench(name: str, spec: dict, admin: str, rows: int, polls: int, folder: Path
                   f"max {max(durations) * 1000:.2f} ms over {polls} polls")
             preset = app.runners[0].source.preset
             since = conn.execute("SELECT now() - interval '2 minutes 15 seconds'").fetchone()[0]
-            params = {"since": since, "limit": 5000, "stuck": 1800, "id_floor": 0}
+            params = {**window_params(since, 5000, 0, {}), "stuck": 1800}
             for label, query in (("active", preset.active_sql()),
                                  ("finished", preset.finished_sql(False)),
                                  ("started", preset.started_sql(False))):
@@ -182,12 +223,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--polls", type=int, default=20)
-    parser.add_argument("--presets", default="generic,pgboss")
+    parser.add_argument("--presets", default="generic,pgboss,pgqueuer")
     args = parser.parse_args()
     admin = os.environ.get("PIPEMON_BENCH_POSTGRES_DSN",
                            "postgresql://postgres@127.0.0.1:5432/postgres")
     folder = Path(tempfile.mkdtemp(prefix="pipemon-bench-"))
-    specs = {"generic": GENERIC, "pgboss": PGBOSS}
+    specs = {"generic": GENERIC, "pgboss": PGBOSS, "pgqueuer": PGQUEUER}
     for name in args.presets.split(","):
         bench(name, specs[name], admin, args.rows, args.polls, folder)
 

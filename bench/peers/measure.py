@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import http.client
 import itertools
-import json
 import math
 import os
 import random
@@ -22,7 +21,7 @@ import psycopg
 from bench.peers.accuracy import metric_total, parse, peer_accuracy, pipemon_accuracy
 from bench.peers.data import Dataset, Writer
 from bench.peers.exporters import QUERIES, Contender, pipemon_config, start, tail
-from testkit.net import http_get, http_request, wait_until
+from testkit.net import http_request, wait_until
 
 UNMAPPED_CHECK_INTERVAL = 300.0  # pipemon's default unmapped_check_interval (5m)
 # What Prometheus 2.42 (Debian 12) sends with every scrape.
@@ -155,21 +154,40 @@ def is_unmapped_scan(text: str) -> bool:
 
 class Scraper(threading.Thread):
     """One scrape per interval with Prometheus's headers, as a Prometheus would (it drives
-    on-scrape exporters); lighter than testkit's real Prometheus, and counts its failures."""
+    on-scrape exporters); lighter than testkit's real Prometheus, and counts its failures.
+    For pipemon it also notes the poll time its sources have spent so far, from the same
+    scrape, so that measuring poll times adds no request to the CPU being measured."""
 
-    def __init__(self, url: str, interval: float):
+    def __init__(self, url: str, interval: float, poll_totals: bool = False):
         super().__init__(daemon=True, name="scraper")
         self.url, self.interval = url, interval
         self.stop = threading.Event()
         self.errors = 0
+        self.poll_totals: list[tuple[float, float]] | None = [] if poll_totals else None
 
     def run(self) -> None:
         while not self.stop.is_set():
             try:
-                http_request(self.url + "/metrics", PROMETHEUS_HEADERS, timeout=60)
+                _status, body = http_request(self.url + "/metrics", PROMETHEUS_HEADERS,
+                                             timeout=60)
+                if self.poll_totals is not None:
+                    self.poll_totals.append((time.monotonic(), poll_seconds_total(body)))
             except (OSError, http.client.HTTPException):
                 self.errors += 1
             self.stop.wait(self.interval)
+
+
+def poll_seconds_total(body: bytes) -> float:
+    """The sum of pipemon_source_poll_duration_seconds over its sources, from a scrape."""
+    text = gzip.decompress(body).decode() if body[:2] == b"\x1f\x8b" else body.decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("pipemon_source_poll_duration_seconds_sum{"))
+
+
+def poll_walls(totals: list[tuple[float, float]], start: float, end: float) -> list[float]:
+    """Poll time per scrape interval (both sources' polls of one cycle) within [start, end]."""
+    inside = [total for at, total in totals if start <= at <= end]
+    return [b - a for a, b in itertools.pairwise(inside) if b > a]
 
 
 def wait_calls(stats: Stats, marker: str, target: int, timeout: float) -> float:
@@ -212,7 +230,7 @@ def measure(exporter: Contender, ds: Dataset, admin: str, dsn: str, writer: Writ
         if is_pipemon and settings.accuracy:
             writer.pause()
         running = start(exporter, role_dsn, interval, ds, folder, qe_exe)
-        scraper = Scraper(running.url, interval)
+        scraper = Scraper(running.url, interval, poll_totals=is_pipemon)
         scraper.start()
         first_timeout = interval * 2 + 60
         seen = wait_calls(stats, exporter.marker, 1, first_timeout)
@@ -227,14 +245,14 @@ def measure(exporter: Contender, ds: Dataset, admin: str, dsn: str, writer: Writ
         snapshots = [stats.snapshot()]
         calls0 = stats.marker_calls(exporter.marker)
         cpu0, wall0 = cpu_seconds(running.proc.pid), time.monotonic()
-        walls = []
+        walls: list[float] = []
         for k in range(1, settings.cycles + 1):
             seen = wait_calls(stats, exporter.marker, calls0 + k, interval * 3 + 60)
             time.sleep(max(0.0, seen + interval / 2 - time.monotonic()))
             snapshots.append(stats.snapshot())
-            if is_pipemon:
-                walls.append(pipemon_poll_seconds(running.url))
         cpu1, wall1 = cpu_seconds(running.proc.pid), time.monotonic()
+        if is_pipemon:
+            walls = poll_walls(scraper.poll_totals, wall0, wall1)
         cycles = stats.marker_calls(exporter.marker) - calls0
         if cycles != settings.cycles:
             raise RuntimeError(f"{cycles} cycles ran where {settings.cycles} were measured")
@@ -330,14 +348,6 @@ def conninfo_port(dsn: str) -> int:
     from psycopg.conninfo import conninfo_to_dict
 
     return int(conninfo_to_dict(dsn).get("port") or 5432)
-
-
-def pipemon_poll_seconds(url: str) -> float:
-    """The last poll durations of both sources, from /health (summed: they run apart)."""
-    status, body = http_get(url + "/health", timeout=10)
-    if status not in (200, 503):
-        return 0.0
-    return sum(s.get("last_duration_seconds") or 0.0 for s in json.loads(body)["sources"])
 
 
 def explain_active(dsn: str, ds: Dataset, folder: Path) -> dict:

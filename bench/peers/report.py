@@ -55,7 +55,7 @@ def main_table(results: list[Result]) -> str:
         f"{ratio(v['db_ms_median'], base.get('db_ms_median'))};"
         f" {ratio(v['db_ms_median'], base.get('db_ms_with_unmapped'))}")
     row("statements per cycle", lambda k, v: f"{v['statements_per_cycle']:.1f}")
-    row("poll wall time, median ms (pipemon /health, both sources)",
+    row("poll wall time, median ms (pipemon: its poll-duration histogram, both sources)",
         lambda k, v: ms(v["poll_wall_ms_median"]) if "poll_wall_ms_median" in v else "-")
     row("series on /metrics (bytes, as scraped)",
         lambda k, v: f"{v['series']:,} ({v['bytes_scraped']:,})")

@@ -44,6 +44,7 @@ from pipemon.sources.presets.base import Preset
 from pipemon.sources.presets.generic import GenericPreset
 from pipemon.sources.presets.graphile_worker import GraphileWorkerPreset
 from pipemon.sources.presets.pgboss import PgBossPreset
+from pipemon.sources.presets.pgqueuer import PgQueuerPreset
 from pipemon.sources.presets.procrastinate import ProcrastinatePreset
 from pipemon.sources.recent import ExactQuantiles
 from pipemon.verdict import CRITICAL, WARNING, Finding
@@ -56,6 +57,7 @@ PRESETS: dict[str, type[Preset]] = {
     "procrastinate": ProcrastinatePreset,
     "pgboss": PgBossPreset,
     "graphile_worker": GraphileWorkerPreset,
+    "pgqueuer": PgQueuerPreset,
 }
 MAX_RAW_STATES = 20
 MAX_COMPLETIONS = 5000  # per queue, the newest: enough to know its normal gap
@@ -166,7 +168,8 @@ class QueueSource(PgSource):
         self._lock = threading.Lock()
         self._jobs = JobCounters(
             self.preset.has_finished, self.preset.has_started,
-            m.LabelCap(config.max_reasons) if config.failure_reason else None,
+            m.LabelCap(config.max_reasons)
+            if config.failure_reason or self.preset.has_reasons else None,
             m.LabelCap(config.max_stages) if config.stage else None, config.buckets,
             config.exact_quantiles)
         self._last_active: dict[str, datetime] = {}
@@ -316,7 +319,7 @@ class QueueSource(PgSource):
             emit_gauges(families, self.name, snapshot.jobs, (
                 (m.QUEUE_OLDEST_WAITING, snapshot.oldest_waiting), (m.QUEUE_STUCK, snapshot.stuck),
                 (m.QUEUE_UNMAPPED, snapshot.unmapped)))
-            if not self.preset.has_finished:  # only libraries that keep failed jobs have these
+            if self.preset.keeps_failed:  # only libraries that keep failed jobs have these
                 for queue, value in sorted(snapshot.permanently_failed.items()):
                     families(m.QUEUE_PERMANENTLY_FAILED).add_metric([self.name, queue], value)
         with self._lock:

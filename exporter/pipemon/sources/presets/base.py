@@ -29,6 +29,11 @@ class Preset:
     has_finished = True
     #: start events (wait-time histograms) can be read
     has_started = True
+    #: permanently failed jobs stay in the table (active_sql's `failed` state), waiting for a
+    #: person: pipemon_queue_permanently_failed_jobs
+    keeps_failed = False
+    #: finished_sql's 6th column is why a failed job failed (failures by reason)
+    has_reasons = False
     #: what the preset cannot export, said on the landing page and /health instead of inventing
     missing: str | None = None
     #: the default PostgreSQL schema of the library's tables

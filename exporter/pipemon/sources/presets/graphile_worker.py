@@ -24,6 +24,7 @@ class GraphileWorkerPreset(Preset):
     default_db_schema = "graphile_worker"
     has_finished = False
     has_started = False
+    keeps_failed = True
     missing = ("finished-job counters and run/wait times: graphile-worker deletes jobs that "
                "succeed; permanently failed jobs are in pipemon_queue_permanently_failed_jobs")
 
