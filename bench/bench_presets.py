@@ -1,4 +1,4 @@
-"""Benchmark: poll cost must not grow with history (generic table, pg-boss, pgqueuer; 10M jobs).
+"""Benchmark: poll cost must not grow with history (generic, pg-boss, pgqueuer, pgmq; 10M jobs).
 
 For each: a throwaway database with N finished jobs spread over 30 days, 1,000 finished in the
 last 2 minutes (re-read every poll as the late-commit window) and 10,000 active jobs, with the
@@ -8,7 +8,8 @@ buffers it touches (EXPLAIN (ANALYZE, BUFFERS)) and whether it scans the job tab
     python -m bench.bench_presets [--rows 10000000] [--polls 20] [--presets generic,pgboss]
 
 pg-boss's schema is created by the real pg-boss (tests/queues/node, `make install` first),
-pgqueuer's by pgqueuer's own DDL (`build_install_query()`, what `pgq install` runs).
+pgqueuer's by pgqueuer's own DDL (`build_install_query()`, what `pgq install` runs), pgmq's by
+the SQL its PyPI package ships (`install_pgmq_from_sql`) and `pgmq.create()`.
 """
 
 from __future__ import annotations
@@ -123,6 +124,53 @@ PGQUEUER = {
 }
 
 
+# pgmq: 8 queues made by pgmq.create(); the finished history is the archives, the live
+# messages the queue tables (visible, leased, delayed, and read again after a lease ended).
+PGMQ_QUEUES = [f"q{i}" for i in range(8)]
+PGMQ = {
+    "fill": [
+        f"""INSERT INTO pgmq.a_q{i} (msg_id, read_ct, enqueued_at, last_read_at, archived_at, vt,
+                                    message)
+        SELECT n, 1, t - interval '40 seconds', t - interval '30 seconds', t, t + interval '30 s',
+               '{{}}'::jsonb
+        FROM (SELECT n, now() - (%(rows)s::bigint - n) * (interval '30 days' / %(rows)s)
+                     - interval '3 minutes' AS t
+              FROM generate_series(1, %(rows)s) n WHERE n %% 8 = {i}) s"""
+        for i in range(8)
+    ] + [
+        f"""INSERT INTO pgmq.a_q{i} (msg_id, read_ct, enqueued_at, last_read_at, archived_at, vt,
+                                    message)
+        SELECT %(rows)s + n, 1, now() - interval '3 minutes', now() - interval '150 seconds',
+               now() - (n * interval '120 milliseconds'), now(), '{{}}'::jsonb
+        FROM generate_series(1, 1000) n WHERE n %% 8 = {i}"""
+        for i in range(8)
+    ] + [
+        f"""INSERT INTO pgmq.q_q{i} (read_ct, enqueued_at, last_read_at, vt, message)
+        SELECT CASE WHEN n %% 4 IN (1, 3) THEN 1 ELSE 0 END,
+               now() - (n %% 600) * interval '1 second',
+               CASE WHEN n %% 4 IN (1, 3) THEN now() - interval '5 minutes' END,
+               CASE n %% 4 WHEN 1 THEN now() + interval '10 minutes'
+                           WHEN 2 THEN now() + interval '1 hour'
+                           ELSE now() - (n %% 600) * interval '1 second' END, '{{}}'::jsonb
+        FROM generate_series(1, 1250) n"""
+        for i in range(8)
+    ],
+    "indexes": [],  # pgmq's own (vt, archived_at) are enough (docs/queues.md)
+    "table": "q_q0",
+    "source": {"preset": "pgmq"},
+}
+
+
+def prepare_pgmq(dsn: str) -> None:
+    from pgmq import install_pgmq_from_sql
+
+    with psycopg.connect(dsn) as conn:
+        install_pgmq_from_sql(conn=conn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for name in PGMQ_QUEUES:
+            conn.execute("SELECT pgmq.create(%s)", (name,))
+
+
 def prepare_pgqueuer(dsn: str) -> None:
     from pgqueuer.adapters.persistence.qb import QueryBuilderEnvironment
 
@@ -168,7 +216,7 @@ def explain(conn, query, params: dict) -> tuple[int, int, int]:
         r"(?:Scan|Scan Backward)[^\n]*actual time=[^ ]+ rows=(\d+)", plan))
     seq = 0
     for block in re.split(r"\n\s*->", plan):
-        if re.search(r"Seq Scan on (jobs|job|pgqueuer_log|j[0-9a-f]{56})\b", block):
+        if re.search(r"Seq Scan on (jobs|job|pgqueuer_log|a_q\d|j[0-9a-f]{56})\b", block):
             seq += sum(int(n) for n in re.findall(r" rows=(\d+) loops", block))
             seq += sum(int(n) for n in re.findall(r"Rows Removed by Filter: (\d+)", block))
     return scanned, touched, seq
@@ -185,6 +233,8 @@ def bench(name: str, spec: dict, admin: str, rows: int, polls: int, folder: Path
             prepare_pgboss(dsn)
         elif name == "pgqueuer":
             prepare_pgqueuer(dsn)
+        elif name == "pgmq":
+            prepare_pgmq(dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
             if "schema" in spec:
                 conn.execute(spec["schema"])
@@ -207,9 +257,10 @@ def bench(name: str, spec: dict, admin: str, rows: int, polls: int, folder: Path
             preset = app.runners[0].source.preset
             since = conn.execute("SELECT now() - interval '2 minutes 15 seconds'").fetchone()[0]
             params = {**window_params(since, 5000, 0, {}), "stuck": 1800}
-            for label, query in (("active", preset.active_sql()),
-                                 ("finished", preset.finished_sql(False)),
-                                 ("started", preset.started_sql(False))):
+            shape = preset.shape()
+            for label, query in (("active", preset.active_sql(*shape)),
+                                 ("finished", preset.finished_sql(False, *shape)),
+                                 ("started", preset.started_sql(False, *shape))):
                 scanned, touched, seq = explain(conn, query, params)
                 print(f"  {label:<9} rows scanned {scanned:>7,}  buffers {touched:>6,}  "
                       f"rows read by seq scans of the job table: {seq:,}")
@@ -223,12 +274,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--polls", type=int, default=20)
-    parser.add_argument("--presets", default="generic,pgboss,pgqueuer")
+    parser.add_argument("--presets", default="generic,pgboss,pgqueuer,pgmq")
     args = parser.parse_args()
     admin = os.environ.get("PIPEMON_BENCH_POSTGRES_DSN",
                            "postgresql://postgres@127.0.0.1:5432/postgres")
     folder = Path(tempfile.mkdtemp(prefix="pipemon-bench-"))
-    specs = {"generic": GENERIC, "pgboss": PGBOSS, "pgqueuer": PGQUEUER}
+    specs = {"generic": GENERIC, "pgboss": PGBOSS, "pgqueuer": PGQUEUER, "pgmq": PGMQ}
     for name in args.presets.split(","):
         bench(name, specs[name], admin, args.rows, args.polls, folder)
 

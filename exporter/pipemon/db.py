@@ -236,8 +236,9 @@ class Cursor:
 def composed_once(build: Callable[..., sql.Composable]) -> Callable[..., str]:
     """`build`'s SQL as text, composed once per distinct arguments. A source's queries depend
     on its config only; composing them on every poll (and psycopg walking the composition on
-    every execute) was a fifth of a poll's CPU (bench/README.md, issue 19)."""
-    return functools.cache(lambda *args: build(*args).as_string())
+    every execute) was a fifth of a poll's CPU (bench/README.md, issue 19). The last few
+    shapes are kept: a preset whose queries follow its queues (pgmq) gets new ones."""
+    return functools.lru_cache(maxsize=8)(lambda *args: build(*args).as_string())
 
 
 def relation(table: str) -> sql.Composable:

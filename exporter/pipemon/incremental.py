@@ -50,7 +50,7 @@ class IncrementalReader:
 
     def __init__(
         self, name: str, query: QueryBuilder, overlap: float, page_size: int, max_rows: int,
-        floor_sql: sql.Composable | None = None,
+        floor_sql: sql.Composable | None = None, shape: Callable[[], tuple] = tuple,
     ):
         self.name = name
         self._query = composed_once(query)
@@ -58,6 +58,7 @@ class IncrementalReader:
         self._page_size = page_size
         self._max_rows = max_rows
         self._floor_sql = floor_sql
+        self._shape = shape  # more arguments of `query`, as the source's last detect found them
         self._state = ReaderState()
         self._pending: ReaderState | None = None
 
@@ -73,7 +74,7 @@ class IncrementalReader:
             marks = (*marks, (db_now, cur.rows(self._floor_sql)[0][0]))
         if state.watermark is None:
             # Run the query once, reading nothing, so a wrong column fails the first poll.
-            cur.rows(self._query(False), window_params(db_now, 0, None, {}))
+            cur.rows(self._query(False, *self._shape()), window_params(db_now, 0, None, {}))
             self._pending = ReaderState(floor=db_now, watermark=db_now, polled_at=db_now,
                                         id_marks=marks)
             return []
@@ -123,7 +124,7 @@ class IncrementalReader:
               ) -> list[tuple]:
         if after is not None:
             params = {**params, "after_ts": after[0], "after_id": after[1]}
-        return cur.rows(self._query(after is not None), params)
+        return cur.rows(self._query(after is not None, *self._shape()), params)
 
     def _read_late(self, cur: Cursor, params: dict, resume_after: tuple[datetime, Any],
                    seen: dict, new_rows: list) -> None:

@@ -44,6 +44,7 @@ from pipemon.sources.presets.base import Preset
 from pipemon.sources.presets.generic import GenericPreset
 from pipemon.sources.presets.graphile_worker import GraphileWorkerPreset
 from pipemon.sources.presets.pgboss import PgBossPreset
+from pipemon.sources.presets.pgmq import PgmqPreset
 from pipemon.sources.presets.pgqueuer import PgQueuerPreset
 from pipemon.sources.presets.procrastinate import ProcrastinatePreset
 from pipemon.sources.recent import ExactQuantiles
@@ -58,6 +59,7 @@ PRESETS: dict[str, type[Preset]] = {
     "pgboss": PgBossPreset,
     "graphile_worker": GraphileWorkerPreset,
     "pgqueuer": PgQueuerPreset,
+    "pgmq": PgmqPreset,
 }
 MAX_RAW_STATES = 20
 MAX_COMPLETIONS = 5000  # per queue, the newest: enough to know its normal gap
@@ -106,6 +108,12 @@ class QueueConfig(IncrementalPgConfig):
         f" {', '.join(STATES)}); raw states not listed are not read, and counted in"
         " `pipemon_queue_unmapped_jobs`.", one_of(*STATES), {s: s for s in STATES},
         shown_default="each pipemon state to itself", only_when=GENERIC_ONLY)
+    max_reads: int | None = value(
+        "`pgmq`: the reads your consumer gives a message before it gives up (archives it or"
+        " moves it to a dead-letter queue): an archived message read more often counts as"
+        " `failed`, and one still queued after more reads is permanently failed; none: pgmq"
+        " records no failure, and every archived message succeeded.", positive_int, None,
+        only_when=("preset", "pgmq", ": only pgmq counts a message's reads"))
     db_schema: str | None = value(
         "PostgreSQL schema of the library's tables (default: the library's own, e.g."
         " `pgboss`; procrastinate: the search path).", name, None, key="schema")
@@ -181,11 +189,11 @@ class QueueSource(PgSource):
         if self.preset.has_finished:
             self.finished_reader = IncrementalReader(
                 f"{self.name}/finished", self.preset.finished_sql, window, page, cap,
-                floor_sql=self.preset.id_floor_sql())
+                floor_sql=self.preset.id_floor_sql(), shape=self.preset.shape)
         if self.preset.has_started:
             self.started_reader = IncrementalReader(
                 f"{self.name}/started", self.preset.started_sql, window, page, cap,
-                floor_sql=self.preset.id_floor_sql())
+                floor_sql=self.preset.id_floor_sql(), shape=self.preset.shape)
         self._configured_queues = [self.queue_cap(q) for q in config.queues]
         for queue in self._configured_queues:
             self._touch(queue, None)
@@ -203,7 +211,7 @@ class QueueSource(PgSource):
         with self.session.transaction(deadline) as cur:
             db_now = cur.rows("SELECT now()")[0][0]
             version = self.preset.detect(cur)
-            active = cur.rows(self._active_sql(), {"stuck": cfg.stuck_after})
+            active = cur.rows(self._active_sql(*self.preset.shape()), {"stuck": cfg.stuck_after})
             finished = self.finished_reader.read(cur, db_now) if self.finished_reader else []
             started = self.started_reader.read(cur, db_now) if self.started_reader else []
             unmapped = self.preset.unmapped(cur) if check_unmapped else None

@@ -55,6 +55,12 @@ class Preset:
     def started_sql(self, with_after: bool) -> sql.Composable:
         raise NotImplementedError
 
+    def shape(self) -> tuple:
+        """What the queries depend on besides the config, as `detect()` found it; passed to
+        the query builders, which are composed once per distinct shape. A library with a
+        table per queue (pgmq) gives its queues."""
+        return ()
+
     def unmapped(self, cur: Cursor) -> list[tuple[str, int]] | None:
         """(raw state, jobs) for jobs in states the preset does not know; None when that
         cannot happen."""

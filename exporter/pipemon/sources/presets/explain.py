@@ -60,12 +60,13 @@ def explain_queue(preset: Preset, cur: Cursor, analyze: bool = False) -> list[Pl
     window = window_params(db_now - timedelta(seconds=cfg.late_commit_window), cfg.page_size,
                            None, {})
     indexes = preset.indexes(concurrently=True) if isinstance(preset, GenericPreset) else {}
-    queries = [("active jobs", preset.active_sql(), {"stuck": cfg.stuck_after}, None)]
+    shape = preset.shape()
+    queries = [("active jobs", preset.active_sql(*shape), {"stuck": cfg.stuck_after}, None)]
     if preset.has_finished:
-        queries.append(("finished jobs", preset.finished_sql(False), window,
+        queries.append(("finished jobs", preset.finished_sql(False, *shape), window,
                         _time_column(preset, "finished_at")))
     if preset.has_started:
-        queries.append(("started jobs", preset.started_sql(False), window,
+        queries.append(("started jobs", preset.started_sql(False, *shape), window,
                         _time_column(preset, "started_at")))
     found = []
     for label, query, params, time_column in queries:
