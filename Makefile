@@ -14,11 +14,23 @@ export PIPEMON_POSTGRES_DSN
 
 PROMTOOL ?= promtool
 
+# oban-py needs Python >= 3.12: the oban preset's test runs its worker from a venv of its own,
+# made with pyenv's 3.12 (or any python3.12 on the PATH).
+OBAN_VENV ?= .venv-oban
+PYTHON312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) \
+                         $(shell command -v python3.12))
+
 .PHONY: install lint test test-fast run example-db bench rules-check rules-test bundle \
         backtest backtest-docs backtest-sweep docs dashboards dashboards-check am-render am-check \
         demo helm-lint image clean
 
-install: $(BIN)/pipemon $(NODE_FIXTURES)
+install: $(BIN)/pipemon $(NODE_FIXTURES) $(OBAN_VENV)/bin/oban
+
+$(OBAN_VENV)/bin/oban: tests/queues/oban/requirements.txt
+	@test -n "$(PYTHON312)" || { echo "oban-py needs Python 3.12: none found (pyenv or PATH)" >&2; exit 1; }
+	$(PYTHON312) -m venv $(OBAN_VENV)
+	$(OBAN_VENV)/bin/pip install --quiet -r tests/queues/oban/requirements.txt
+	@touch $@
 
 $(BIN)/pipemon: pyproject.toml VERSION
 	$(PYTHON) -m venv $(VENV)
@@ -123,4 +135,4 @@ image:
 	docker build --build-arg VERSION="$$(cat VERSION)" -t pipemon:"$$(cat VERSION)" .
 
 clean:
-	rm -rf $(VENV) dist build .pytest_cache .ruff_cache exporter/*.egg-info
+	rm -rf $(VENV) $(OBAN_VENV) dist build .pytest_cache .ruff_cache exporter/*.egg-info

@@ -55,3 +55,35 @@ def url_dsn(dsn: str) -> str:
         auth += ":" + quote(params["password"], safe="")
     host = params.get("host", "127.0.0.1")
     return f"postgresql://{auth}@{host}:{params.get('port', 5432)}/{params['dbname']}"
+
+
+def example_queue_source(preset: str, dsn: str, **extra: Any) -> dict:
+    """The `preset` source of examples/queues.yaml as source `jobs` on `dsn`: the preset tests
+    run the example as shipped."""
+    from testkit import ROOT
+
+    example = yaml.safe_load((ROOT / "examples" / "queues.yaml").read_text())
+    [found] = [s for s in example["sources"] if s.get("preset") == preset]
+    return {**found, "name": "jobs", "dsn": dsn, **extra}
+
+
+def assert_schema_missing(app: App, words: str) -> None:
+    """The first poll of a preset on a database without its library fails with reason
+    `schema` and a message naming what is missing."""
+    assert not app.poll_all_once()
+    error = app.runners[0].last_error
+    assert error.reason == "schema"
+    assert words in error.message, error.message
+
+
+def assert_finished_match(app: App, finished: dict, run_sum: dict) -> None:
+    """The finished counters and run-time sums of source `jobs` are the ground truth's, per
+    (queue, outcome)."""
+    for (queue, outcome), count in finished.items():
+        assert sample(app, "pipemon_queue_jobs_finished_total", source="jobs", queue=queue,
+                      outcome=outcome) == count, (queue, outcome)
+    for (queue, outcome), seconds in run_sum.items():
+        measured = sample(app, "pipemon_queue_job_run_seconds_sum", source="jobs", queue=queue,
+                          outcome=outcome)
+        assert measured is not None and abs(measured - seconds) < 1e-3, \
+            (queue, outcome, measured, seconds)

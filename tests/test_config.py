@@ -172,7 +172,7 @@ def test_presets_need_only_a_dsn_and_refuse_generic_keys(tmp_path):
         f"{file}: sources[0].table: not used with preset pgboss: the preset knows its schema",
         f"{file}: sources[0].columns: not used with preset pgboss: the preset knows its schema",
         f"{file}: sources[1].preset: expected one of generic, procrastinate, pgboss, "
-        "graphile_worker, pgqueuer, pgmq, got 'celery'",
+        "graphile_worker, pgqueuer, pgmq, oban, got 'celery'",
     ])
 
 

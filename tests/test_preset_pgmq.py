@@ -6,20 +6,15 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-import yaml
 from pgmq import PGMQueue, install_pgmq_from_sql
 
-from testkit import ROOT
-from testkit.app import sample
+from testkit.app import assert_schema_missing, example_queue_source, sample
 
 pytestmark = pytest.mark.postgres
 
 
 def source(dsn: str, **extra):
-    """The pgmq source of examples/queues.yaml, on the test's database."""
-    example = yaml.safe_load((ROOT / "examples" / "queues.yaml").read_text())
-    [found] = [s for s in example["sources"] if s.get("preset") == "pgmq"]
-    return {**found, "name": "jobs", "dsn": dsn, **extra}
+    return example_queue_source("pgmq", dsn, **extra)
 
 
 def value(app, name, **labels):
@@ -120,8 +115,4 @@ def test_pgmq_without_queues_and_without_schema(make_app, pg_dsn, pgmq):
 
 
 def test_pgmq_schema_missing_is_a_clear_error(make_app, pg_dsn):
-    exporter = make_app([source(pg_dsn)])
-    assert not exporter.poll_all_once()
-    error = exporter.runners[0].last_error
-    assert error.reason == "schema"
-    assert "no pgmq schema" in error.message
+    assert_schema_missing(make_app([source(pg_dsn)]), "no pgmq schema")

@@ -8,12 +8,15 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-import yaml
 from pgqueuer import PsycopgDriver, Queries, QueueManager, RetryRequested
 from pgqueuer.models import Job
 
-from testkit import ROOT
-from testkit.app import sample
+from testkit.app import (
+    assert_finished_match,
+    assert_schema_missing,
+    example_queue_source,
+    sample,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -23,11 +26,7 @@ HANDLED = ("separate", "broken", "held", "flaky")
 
 
 def source(dsn: str, **extra):
-    """The pgqueuer source of examples/queues.yaml, on the test's database."""
-    example = yaml.safe_load((ROOT / "examples" / "queues.yaml").read_text())
-    [found] = [s for s in example["sources"] if s["kind"] == "queue" and s.get("preset") ==
-               "pgqueuer"]
-    return {**found, "name": "jobs", "dsn": dsn, **extra}
+    return example_queue_source("pgqueuer", dsn, **extra)
 
 
 def value(app, name, **labels):
@@ -129,12 +128,7 @@ def test_pgqueuer_metrics_match_ground_truth(make_app, pg_dsn, db):
     assert expected["finished"] == {
         ("separate", "succeeded"): 4, ("broken", "failed"): 2, ("held", "failed"): 1,
         ("flaky", "succeeded"): 1, ("later", "cancelled"): 1, ("trash", "cancelled"): 2}
-    for (queue, outcome), count in expected["finished"].items():
-        assert value(exporter, "pipemon_queue_jobs_finished_total", queue=queue,
-                     outcome=outcome) == count, (queue, outcome)
-    for (queue, outcome), seconds in expected["run_sum"].items():
-        assert value(exporter, "pipemon_queue_job_run_seconds_sum", queue=queue,
-                     outcome=outcome) == pytest.approx(seconds, abs=1e-3), (queue, outcome)
+    assert_finished_match(exporter, expected["finished"], expected["run_sum"])
     # the cancelled and deleted jobs never ran: counted, without a run time
     assert value(exporter, "pipemon_queue_job_run_seconds_count", queue="trash",
                  outcome="cancelled") == 0
@@ -186,8 +180,4 @@ def test_pgqueuer_waiting_retrying_stuck_and_unknown_states(make_app, pg_dsn, db
 
 
 def test_pgqueuer_schema_missing_is_a_clear_error(make_app, pg_dsn):
-    exporter = make_app([source(pg_dsn)])
-    assert not exporter.poll_all_once()
-    error = exporter.runners[0].last_error
-    assert error.reason == "schema"
-    assert "no pgqueuer table" in error.message
+    assert_schema_missing(make_app([source(pg_dsn)]), "no pgqueuer table")

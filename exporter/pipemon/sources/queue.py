@@ -43,6 +43,7 @@ from pipemon.sources.pg import IncrementalPgConfig, PgSource
 from pipemon.sources.presets.base import Preset
 from pipemon.sources.presets.generic import GenericPreset
 from pipemon.sources.presets.graphile_worker import GraphileWorkerPreset
+from pipemon.sources.presets.oban import ObanPreset
 from pipemon.sources.presets.pgboss import PgBossPreset
 from pipemon.sources.presets.pgmq import PgmqPreset
 from pipemon.sources.presets.pgqueuer import PgQueuerPreset
@@ -60,6 +61,7 @@ PRESETS: dict[str, type[Preset]] = {
     "graphile_worker": GraphileWorkerPreset,
     "pgqueuer": PgQueuerPreset,
     "pgmq": PgmqPreset,
+    "oban": ObanPreset,
 }
 MAX_RAW_STATES = 20
 MAX_COMPLETIONS = 5000  # per queue, the newest: enough to know its normal gap
