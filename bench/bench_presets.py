@@ -1,4 +1,4 @@
-"""Benchmark: poll cost must not grow with history (generic, pg-boss, pgqueuer, pgmq; 10M jobs).
+"""Benchmark: poll cost must not grow with history (generic and each library preset; 10M jobs).
 
 For each: a throwaway database with N finished jobs spread over 30 days, 1,000 finished in the
 last 2 minutes (re-read every poll as the late-commit window) and 10,000 active jobs, with the
@@ -161,6 +161,49 @@ PGMQ = {
 }
 
 
+# Oban: timestamps are naive UTC (timezone('UTC', ...)); finished jobs stay until the pruner.
+OBAN = {
+    "fill": [
+        f"""INSERT INTO oban_jobs (state, queue, worker, attempt, inserted_at, scheduled_at,
+                                   attempted_at, completed_at, discarded_at)
+        SELECT CASE WHEN i %% 50 = 0 THEN 'discarded' ELSE 'completed' END::oban_job_state,
+               'q' || (i %% 8), 'Bench', 1, t - interval '40 seconds', t - interval '40 seconds',
+               t - interval '30 seconds', CASE WHEN i %% 50 <> 0 THEN t END,
+               CASE WHEN i %% 50 = 0 THEN t END
+        FROM (SELECT i, timezone('UTC', now()) - {SPREAD} AS t
+              FROM generate_series(1, %(rows)s) i) s""",
+        """INSERT INTO oban_jobs (state, queue, worker, attempt, inserted_at, scheduled_at,
+                                  attempted_at, completed_at)
+        SELECT 'completed', 'q' || (i %% 8), 'Bench', 1, u - interval '3 minutes',
+               u - interval '3 minutes', u - interval '150 seconds',
+               u - (i * interval '120 milliseconds')
+        FROM generate_series(1, 1000) i, LATERAL (SELECT timezone('UTC', now()) AS u) n""",
+        """INSERT INTO oban_jobs (state, queue, worker, attempt, inserted_at, scheduled_at,
+                                  attempted_at)
+        SELECT (ARRAY['available','executing','retryable','scheduled'])[1 + i %% 4]
+                   ::oban_job_state, 'q' || (i %% 8), 'Bench', CASE WHEN i %% 4 IN (1, 2)
+                   THEN 1 ELSE 0 END,
+               u - (i %% 600) * interval '1 second',
+               CASE i %% 4 WHEN 3 THEN u + interval '1 hour'
+                           ELSE u - (i %% 600) * interval '1 second' END,
+               CASE WHEN i %% 4 IN (1, 2) THEN u - interval '5 minutes' END
+        FROM generate_series(1, 10000) i, LATERAL (SELECT timezone('UTC', now()) AS u) n""",
+    ],
+    # what docs/queues.md recommends: Oban indexes everything else itself
+    "indexes": ["CREATE INDEX pipemon_oban_jobs_attempted_at ON oban_jobs (attempted_at, id)"
+                " WHERE attempted_at IS NOT NULL"],
+    "table": "oban_jobs",
+    "source": {"preset": "oban"},
+}
+
+
+def prepare_oban(dsn: str) -> None:
+    """Oban's own schema, installed by oban-py from .venv-oban (`make install`)."""
+    subprocess.run([str(ROOT / ".venv-oban" / "bin" / "python"),
+                    str(ROOT / "tests" / "queues" / "oban" / "worker.py"), "install", dsn],
+                   check=True, timeout=120)
+
+
 def prepare_pgmq(dsn: str) -> None:
     from pgmq import install_pgmq_from_sql
 
@@ -216,7 +259,7 @@ def explain(conn, query, params: dict) -> tuple[int, int, int]:
         r"(?:Scan|Scan Backward)[^\n]*actual time=[^ ]+ rows=(\d+)", plan))
     seq = 0
     for block in re.split(r"\n\s*->", plan):
-        if re.search(r"Seq Scan on (jobs|job|pgqueuer_log|a_q\d|j[0-9a-f]{56})\b", block):
+        if re.search(r"Seq Scan on (jobs|job|pgqueuer_log|a_q\d|oban_jobs|j[0-9a-f]{56})\b", block):
             seq += sum(int(n) for n in re.findall(r" rows=(\d+) loops", block))
             seq += sum(int(n) for n in re.findall(r"Rows Removed by Filter: (\d+)", block))
     return scanned, touched, seq
@@ -235,6 +278,8 @@ def bench(name: str, spec: dict, admin: str, rows: int, polls: int, folder: Path
             prepare_pgqueuer(dsn)
         elif name == "pgmq":
             prepare_pgmq(dsn)
+        elif name == "oban":
+            prepare_oban(dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
             if "schema" in spec:
                 conn.execute(spec["schema"])
@@ -274,12 +319,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--polls", type=int, default=20)
-    parser.add_argument("--presets", default="generic,pgboss,pgqueuer,pgmq")
+    parser.add_argument("--presets", default="generic,pgboss,pgqueuer,pgmq,oban")
     args = parser.parse_args()
     admin = os.environ.get("PIPEMON_BENCH_POSTGRES_DSN",
                            "postgresql://postgres@127.0.0.1:5432/postgres")
     folder = Path(tempfile.mkdtemp(prefix="pipemon-bench-"))
-    specs = {"generic": GENERIC, "pgboss": PGBOSS, "pgqueuer": PGQUEUER, "pgmq": PGMQ}
+    specs = {"generic": GENERIC, "pgboss": PGBOSS, "pgqueuer": PGQUEUER, "pgmq": PGMQ, "oban": OBAN}
     for name in args.presets.split(","):
         bench(name, specs[name], admin, args.rows, args.polls, folder)
 
