@@ -190,3 +190,13 @@ def keyset(
             ts=ts, id=id_
         )
     return condition, sql.SQL(" ORDER BY {ts}, {id} LIMIT %(limit)s").format(ts=ts, id=id_)
+
+
+def keyset_over(rows: sql.Composable, columns: str, with_after: bool) -> sql.Composable:
+    """keyset() over a subquery whose rows are named (id, ts, queue, *columns): for presets
+    that read several tables (pgmq's queues) or convert the timestamp first (Oban's naive UTC),
+    where the subquery bounds each table's own index and the keyset applies to its result."""
+    condition, tail = keyset(sql.SQL("ts"), sql.SQL("id"), with_after)
+    return sql.SQL("SELECT id, ts, queue, {columns} FROM ({rows}) AS r"
+                   " WHERE {condition}{tail}").format(
+        columns=sql.SQL(columns), rows=rows, condition=condition, tail=tail)

@@ -78,6 +78,12 @@ class Preset:
         library's default."""
         return self.config.db_schema or self.default_db_schema
 
+    def regclass(self, name: str) -> str:
+        """The library's table `name` as `to_regclass()` takes it: in its schema, or on the
+        search path when it has none."""
+        schema = self.db_schema
+        return f'"{schema}".{name}' if schema else name
+
     def table(self, name: str) -> sql.Composable:
         schema = self.db_schema
         return sql.Identifier(schema, name) if schema else sql.Identifier(name)

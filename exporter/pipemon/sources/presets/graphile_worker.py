@@ -30,7 +30,7 @@ class GraphileWorkerPreset(Preset):
 
     def detect(self, cur: Cursor) -> str:
         schema = self.db_schema
-        if not cur.rows("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".jobs',))[0][0]:
+        if not cur.rows("SELECT to_regclass(%s) IS NOT NULL", (self.regclass("jobs"),))[0][0]:
             raise PollError("schema", f"no graphile-worker schema {schema!r} in this database "
                             "(has the worker run its migrations? is `schema:` right?)")
         migration = cur.rows(sql.SQL("SELECT max(id) FROM {}").format(

@@ -22,7 +22,7 @@ from psycopg import sql
 
 from pipemon.db import Cursor
 from pipemon.errors import PollError
-from pipemon.incremental import keyset
+from pipemon.incremental import keyset_over
 from pipemon.sources.presets.base import Preset, aggregate
 
 UTC_NOW = sql.SQL("(now() AT TIME ZONE 'UTC')")
@@ -48,8 +48,8 @@ class ObanPreset(Preset):
         self.where_queue = self.queue_filter(sql.SQL("queue"))
 
     def detect(self, cur: Cursor) -> str:
-        name = f'"{self.db_schema}".oban_jobs' if self.db_schema else "oban_jobs"
-        if not cur.rows("SELECT to_regclass(%s) IS NOT NULL", (name,))[0][0]:
+        if not cur.rows("SELECT to_regclass(%s) IS NOT NULL", (self.regclass("oban_jobs"),)
+                        )[0][0]:
             raise PollError("schema", "no oban_jobs table in this database (has Oban's schema"
                             " been installed? is `schema:` its prefix?)")
         return "n/a"  # Oban records no schema version
@@ -91,11 +91,6 @@ class ObanPreset(Preset):
                                                             after=utc("after_ts"))
         return bound
 
-    def _outer(self, inner: sql.Composable, columns: str, with_after: bool) -> sql.Composable:
-        condition, tail = keyset(sql.SQL("ts"), sql.SQL("id"), with_after)
-        return sql.SQL("SELECT id, ts, queue, {columns} FROM ({inner}) AS o"
-                       " WHERE {condition}{tail}").format(
-            columns=sql.SQL(columns), inner=inner, condition=condition, tail=tail)
 
     def finished_sql(self, with_after: bool) -> sql.Composable:
         # The last error is a traceback; its last line starts with the exception's type.
@@ -115,11 +110,11 @@ class ObanPreset(Preset):
                      reason=reason if outcome != "succeeded" else sql.SQL("NULL::text"),
                      jobs=self.jobs, state=sql.Literal(state),
                      window=self._window(column, with_after), where_queue=self.where_queue))
-        return self._outer(sql.SQL(" UNION ALL ").join(parts), "outcome, run_seconds, reason",
+        return keyset_over(sql.SQL(" UNION ALL ").join(parts), "outcome, run_seconds, reason",
                            with_after)
 
     def started_sql(self, with_after: bool) -> sql.Composable:
-        return self._outer(sql.SQL(
+        return keyset_over(sql.SQL(
             "SELECT id, attempted_at AT TIME ZONE 'UTC' AS ts, queue,"
             " CASE WHEN scheduled_at <= attempted_at"
             "  THEN extract(epoch FROM attempted_at - scheduled_at)::float8 END AS wait_seconds"

@@ -30,7 +30,7 @@ class PgBossPreset(Preset):
 
     def detect(self, cur: Cursor) -> str:
         schema = self.db_schema
-        if not cur.rows("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".version',))[0][0]:
+        if not cur.rows("SELECT to_regclass(%s) IS NOT NULL", (self.regclass("version"),))[0][0]:
             raise PollError("schema", f"no pg-boss schema {schema!r} in this database "
                             "(has pg-boss started once? is `schema:` right?)")
         rows = cur.rows(sql.SQL("SELECT max(version) FROM {}").format(self.table("version")))

@@ -28,7 +28,7 @@ from psycopg import sql
 
 from pipemon.db import Cursor
 from pipemon.errors import PollError
-from pipemon.incremental import keyset
+from pipemon.incremental import keyset_over
 from pipemon.sources.presets.base import STUCK_AFTER, Preset, aggregate
 
 NO_ROWS = sql.SQL("SELECT NULL::text, NULL::timestamptz, NULL::text, NULL::float8 WHERE false")
@@ -56,7 +56,7 @@ class PgmqPreset(Preset):
 
     def detect(self, cur: Cursor) -> str:
         schema = self.db_schema
-        if not cur.rows("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".meta',))[0][0]:
+        if not cur.rows("SELECT to_regclass(%s) IS NOT NULL", (self.regclass("meta"),))[0][0]:
             raise PollError("schema", f"no pgmq schema {schema!r} in this database (is pgmq"
                             " installed? is `schema:` right?)")
         # A queue's table is its name in lower case (pgmq.format_table_name); partitioned
@@ -126,7 +126,7 @@ class PgmqPreset(Preset):
             ).format(prefix=sql.Literal(f"{name}:"), label=sql.Literal(name), outcome=outcome,
                      run=run, a=self._a(name))
 
-        return self._outer(self._parts(queues, part), "outcome, run_seconds", with_after)
+        return keyset_over(self._parts(queues, part), "outcome, run_seconds", with_after)
 
     def started_sql(self, with_after: bool, last_read: bool = True, *queues: str
                     ) -> sql.Composable:
@@ -149,10 +149,5 @@ class PgmqPreset(Preset):
             ).format(live=columns.format(**fill), q=self._q(name),
                      archived=columns.format(**fill), a=self._a(name))
 
-        return self._outer(self._parts(queues, part), "wait_seconds", with_after)
+        return keyset_over(self._parts(queues, part), "wait_seconds", with_after)
 
-    def _outer(self, parts: sql.Composable, columns: str, with_after: bool) -> sql.Composable:
-        condition, tail = keyset(sql.SQL("ts"), sql.SQL("id"), with_after)
-        return sql.SQL("SELECT id, ts, queue, {columns} FROM ({parts}) AS m"
-                       " WHERE {condition}{tail}").format(
-            columns=sql.SQL(columns), parts=parts, condition=condition, tail=tail)

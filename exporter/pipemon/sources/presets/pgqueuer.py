@@ -36,17 +36,13 @@ class PgQueuerPreset(Preset):
         self.jobs = self.table("pgqueuer")
         self.log = self.table("pgqueuer_log")
 
-    def _regclass(self, name: str) -> str:
-        schema = self.db_schema
-        return f'"{schema}".{name}' if schema else name
-
     def detect(self, cur: Cursor) -> str:
         jobs, log, persistence, attempts = cur.rows(
             "SELECT to_regclass(%(jobs)s) IS NOT NULL, to_regclass(%(log)s) IS NOT NULL,"
             " (SELECT relpersistence FROM pg_class WHERE oid = to_regclass(%(log)s)),"
             " EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%(jobs)s)"
             "  AND attname = 'attempts' AND NOT attisdropped)",
-            {"jobs": self._regclass("pgqueuer"), "log": self._regclass("pgqueuer_log")})[0]
+            {"jobs": self.regclass("pgqueuer"), "log": self.regclass("pgqueuer_log")})[0]
         if not jobs:
             raise PollError("schema", "no pgqueuer table in this database (has `pgq install`"
                             " run? is `schema:` right?)")

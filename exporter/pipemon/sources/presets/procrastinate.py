@@ -30,14 +30,10 @@ class ProcrastinatePreset(Preset):
         self.events = self.table("procrastinate_events")
         self.workers = self.table("procrastinate_workers")
 
-    def _regclass(self, name: str) -> str:
-        schema = self.db_schema
-        return f'"{schema}".{name}' if schema else name
-
     def detect(self, cur: Cursor) -> str:
         jobs, workers = cur.rows(
             "SELECT to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
-            (self._regclass("procrastinate_jobs"), self._regclass("procrastinate_workers")))[0]
+            (self.regclass("procrastinate_jobs"), self.regclass("procrastinate_workers")))[0]
         if not jobs:
             raise PollError("schema", "procrastinate_jobs not found: is procrastinate's schema "
                             "applied in this database (and `schema:` right)?")
