@@ -9,7 +9,8 @@ buffers it touches (EXPLAIN (ANALYZE, BUFFERS)) and whether it scans the job tab
 
 pg-boss's schema is created by the real pg-boss (tests/queues/node, `make install` first),
 pgqueuer's by pgqueuer's own DDL (`build_install_query()`, what `pgq install` runs), pgmq's by
-the SQL its PyPI package ships (`install_pgmq_from_sql`) and `pgmq.create()`.
+the SQL its PyPI package ships (`install_pgmq_from_sql`) and `pgmq.create()`, River's as its
+preset's test makes it (testkit/river.py: the riverqueue package's DDL and River's indexes).
 """
 
 from __future__ import annotations
@@ -197,6 +198,49 @@ OBAN = {
 }
 
 
+# River: timestamptz; finished jobs stay until the cleaner (a day; discarded ones 7 days).
+RIVER = {
+    "fill": [
+        f"""INSERT INTO river_job (state, queue, kind, max_attempts, attempt, created_at,
+                                   scheduled_at, attempted_at, finalized_at, errors)
+        SELECT CASE WHEN i %% 50 = 0 THEN 'discarded' ELSE 'completed' END::river_job_state,
+               'q' || (i %% 8), 'bench', 25, 1, t - interval '40 seconds',
+               t - interval '40 seconds', t - interval '30 seconds', t,
+               CASE WHEN i %% 50 = 0 THEN ARRAY[jsonb_build_object('error', 'boom')] END
+        FROM (SELECT i, now() - {SPREAD} AS t FROM generate_series(1, %(rows)s) i) s""",
+        """INSERT INTO river_job (state, queue, kind, max_attempts, attempt, created_at,
+                                  scheduled_at, attempted_at, finalized_at)
+        SELECT 'completed', 'q' || (i %% 8), 'bench', 25, 1, now() - interval '3 minutes',
+               now() - interval '3 minutes', now() - interval '150 seconds',
+               now() - (i * interval '120 milliseconds')
+        FROM generate_series(1, 1000) i""",
+        """INSERT INTO river_job (state, queue, kind, max_attempts, attempt, created_at,
+                                  scheduled_at, attempted_at)
+        SELECT (ARRAY['available','running','retryable','scheduled'])[1 + i %% 4]
+                   ::river_job_state, 'q' || (i %% 8), 'bench', 25,
+               CASE WHEN i %% 4 IN (1, 2) THEN 1 ELSE 0 END,
+               now() - (i %% 600) * interval '1 second',
+               CASE i %% 4 WHEN 3 THEN now() + interval '1 hour'
+                           ELSE now() - (i %% 600) * interval '1 second' END,
+               CASE WHEN i %% 4 IN (1, 2) THEN now() - interval '5 minutes' END
+        FROM generate_series(1, 10000) i""",
+    ],
+    # what docs/queues.md recommends: River indexes everything else itself
+    "indexes": ["CREATE INDEX pipemon_river_job_attempted_at ON river_job (attempted_at, id)"
+                " WHERE attempted_at IS NOT NULL"],
+    "table": "river_job",
+    "source": {"preset": "river"},
+}
+
+
+def prepare_river(dsn: str) -> None:
+    """River's schema as the river preset's test makes it (testkit/river.py)."""
+    from testkit import river
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        river.install(conn)
+
+
 def prepare_oban(dsn: str) -> None:
     """Oban's own schema, installed by oban-py from .venv-oban (`make install`)."""
     subprocess.run([str(ROOT / ".venv-oban" / "bin" / "python"),
@@ -259,7 +303,8 @@ def explain(conn, query, params: dict) -> tuple[int, int, int]:
         r"(?:Scan|Scan Backward)[^\n]*actual time=[^ ]+ rows=(\d+)", plan))
     seq = 0
     for block in re.split(r"\n\s*->", plan):
-        if re.search(r"Seq Scan on (jobs|job|pgqueuer_log|a_q\d|oban_jobs|j[0-9a-f]{56})\b", block):
+        if re.search(r"Seq Scan on (jobs|job|pgqueuer_log|a_q\d|oban_jobs|river_job"
+                     r"|j[0-9a-f]{56})\b", block):
             seq += sum(int(n) for n in re.findall(r" rows=(\d+) loops", block))
             seq += sum(int(n) for n in re.findall(r"Rows Removed by Filter: (\d+)", block))
     return scanned, touched, seq
@@ -280,6 +325,8 @@ def bench(name: str, spec: dict, admin: str, rows: int, polls: int, folder: Path
             prepare_pgmq(dsn)
         elif name == "oban":
             prepare_oban(dsn)
+        elif name == "river":
+            prepare_river(dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
             if "schema" in spec:
                 conn.execute(spec["schema"])
@@ -319,12 +366,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--polls", type=int, default=20)
-    parser.add_argument("--presets", default="generic,pgboss,pgqueuer,pgmq,oban")
+    parser.add_argument("--presets", default="generic,pgboss,pgqueuer,pgmq,oban,river")
     args = parser.parse_args()
     admin = os.environ.get("PIPEMON_BENCH_POSTGRES_DSN",
                            "postgresql://postgres@127.0.0.1:5432/postgres")
     folder = Path(tempfile.mkdtemp(prefix="pipemon-bench-"))
-    specs = {"generic": GENERIC, "pgboss": PGBOSS, "pgqueuer": PGQUEUER, "pgmq": PGMQ, "oban": OBAN}
+    specs = {"generic": GENERIC, "pgboss": PGBOSS, "pgqueuer": PGQUEUER, "pgmq": PGMQ, "oban": OBAN,
+             "river": RIVER}
     for name in args.presets.split(","):
         bench(name, specs[name], admin, args.rows, args.polls, folder)
 

@@ -48,6 +48,7 @@ from pipemon.sources.presets.pgboss import PgBossPreset
 from pipemon.sources.presets.pgmq import PgmqPreset
 from pipemon.sources.presets.pgqueuer import PgQueuerPreset
 from pipemon.sources.presets.procrastinate import ProcrastinatePreset
+from pipemon.sources.presets.river import RiverPreset
 from pipemon.sources.recent import ExactQuantiles
 from pipemon.verdict import CRITICAL, WARNING, Finding
 
@@ -62,6 +63,7 @@ PRESETS: dict[str, type[Preset]] = {
     "pgqueuer": PgQueuerPreset,
     "pgmq": PgmqPreset,
     "oban": ObanPreset,
+    "river": RiverPreset,
 }
 MAX_RAW_STATES = 20
 MAX_COMPLETIONS = 5000  # per queue, the newest: enough to know its normal gap
