@@ -425,3 +425,34 @@ def test_sinks_record_what_they_receive():
     finally:
         http.stop()
         smtp.stop()
+
+
+def test_constant_labels_keep_environments_apart(tmp_path, sinks, services):
+    """With constant_labels [env], two environments' alerts at the same source and queue are
+    two notifications, and a source down in one environment silences only that one's alerts."""
+    http, smtp = sinks
+    am = services(Alertmanager(tmp_path / "am", site_config(
+        tmp_path, http, smtp, extra_values={
+            "constant_labels": ["env"],
+            "timing": {"critical": {"group_wait": "1s"}, "warning": {"group_wait": "1s"}}})))
+    where = {"job": "pipemon", "source": "jobs-db"}
+    down = alert({"alertname": "PipemonSourceDown", "severity": "warning", "kind": "queue",
+                  "env": "staging", **where})
+    silenced = alert({"alertname": "PipemonQueueStalled", "severity": "critical",
+                      "queue": "render", "env": "staging", **where})
+    am.post([down, silenced])
+    wait_until(lambda: any(a["status"].get("inhibitedBy") for a in am.alerts()
+                           if a["labels"].get("env") == "staging"
+                           and a["labels"]["alertname"] == "PipemonQueueStalled"),
+               30, "Alertmanager to inhibit staging's stall")
+    am.post([alert({"alertname": "PipemonQueueStalled", "severity": "critical",
+                    "queue": "render", "env": "prod", **where})])
+    wait_until(lambda: len(delivered(http, smtp)) >= 5, 60,
+               "prod's stall (3 receivers) and staging's source down (2)")
+    lines = delivered(http, smtp)
+    assert [line for line in lines if line.startswith("slack/")] == [
+        "slack/critical: [FIRING] CRITICAL PipemonQueueStalled - env=prod queue=render"
+        " source=jobs-db",
+        "slack/warning: [FIRING] WARNING PipemonSourceDown - env=staging source=jobs-db"], lines
+    assert not [a for a in am.alerts() if a["labels"].get("env") == "prod"
+                and a["status"].get("inhibitedBy")]

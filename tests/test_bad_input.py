@@ -20,7 +20,8 @@ from testkit.net import wait_until
 
 KEYS = ["name", "kind", "dsn", "dsn_file", "interval", "timeout", "table", "columns", "states",
         "preset", "stuck_after", "queues", "checks", "bucket", "endpoint_url", "base_url",
-        "secret_key", "success", "duration_seconds", "inventory", "tools", "scratch", "x"]
+        "secret_key", "success", "duration_seconds", "inventory", "tools", "scratch", "labels",
+        "x"]
 KINDS = ["queue", "analysis", "storage", "checks", "host", "trigger_dev", "nope"]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
                     st.text(max_size=30), st.sampled_from(["15s", "0s", "-1s", "5m", "1h30m",

@@ -172,7 +172,7 @@ def test_presets_need_only_a_dsn_and_refuse_generic_keys(tmp_path):
         f"{file}: sources[0].table: not used with preset pgboss: the preset knows its schema",
         f"{file}: sources[0].columns: not used with preset pgboss: the preset knows its schema",
         f"{file}: sources[1].preset: expected one of generic, procrastinate, pgboss, "
-        "graphile_worker, pgqueuer, pgmq, oban, got 'celery'",
+        "graphile_worker, pgqueuer, pgmq, oban, river, got 'celery'",
     ])
 
 
@@ -228,3 +228,31 @@ def test_serve_with_invalid_config_starts_nothing(tmp_path):
     result = run_cli("serve", "--config", str(path), "--web.listen-address", "127.0.0.1:0")
     assert result.returncode == 2
     assert result.stderr.strip() == f"{path}: sources: expected a non-empty list of sources"
+
+
+def test_constant_labels_merge_over_the_defaults(tmp_path):
+    path = tmp_path / "labels.yaml"
+    path.write_text(yaml.safe_dump({
+        "defaults": {"labels": {"env": "prod", "team": "platform"}},
+        "sources": [queue(labels={"team": "media", "tier": 1}), queue(name="other")]}))
+    media, other = load(path, env={}).sources
+    assert media.labels == {"env": "prod", "team": "media", "tier": "1"}
+    assert other.labels == {"env": "prod", "team": "platform"}
+
+
+@pytest.mark.parametrize(("labels", "problem"), [
+    ({"1env": "x"}, "sources[0].labels.1env: not a Prometheus label name"),
+    ({"__env": "x"}, "sources[0].labels.__env: not a Prometheus label name"),
+    ({"queue": "x"}, "sources[0].labels.queue: a label of pipemon's own series"),
+    ({"le": "x"}, "sources[0].labels.le: a label of pipemon's own series"),
+    ({"instance": "x"}, "sources[0].labels.instance: Prometheus sets 'instance' on every series"),
+    ({"namespace": "x"}, "sources[0].labels.namespace: Prometheus sets 'namespace'"),
+    ({"severity": "x"}, "sources[0].labels.severity: the rules set 'severity' on alerts"),
+    ({"env": ""}, "sources[0].labels.env: expected a non-empty string"),
+    ({"env": "a\nb"}, "sources[0].labels.env: expected one line of at most 128 characters"),
+    ({"env": ["a"]}, "sources[0].labels.env: expected a non-empty string, got a list"),
+    ("prod", "sources[0].labels: expected a mapping"),
+])
+def test_bad_constant_labels_are_named(tmp_path, labels, problem):
+    lines = problems_of(tmp_path, {"sources": [queue(labels=labels)]})
+    assert any(problem in line for line in lines), lines

@@ -37,6 +37,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from grafana.generate import build_all
 from testkit import ROOT
 from testkit.app import queue_source
 from testkit.net import http_get, wait_until
@@ -204,6 +205,9 @@ VALUES = {
     "pipemon-integrity": {"source": "integrity", "check": "audio_posts_without_track"},
     "pipemon-self": {"source": "stems"},
 }
+# The exporter's `defaults.labels`: the shipped dashboards ignore them, the ones generated with
+# `--labels env,team` select by them.
+CONSTANT_LABELS = {"env": "e2e", "team": "media"}
 LABEL_VALUES = re.compile(r"^label_values\((?:(?P<series>.+),\s*)?(?P<label>\w+)\)$")
 
 
@@ -273,7 +277,8 @@ WEEK_AGO = {"source": ["stems"], "queue": ["separate", "transcode"]}
 def last_week(exprs: list[str], now: float) -> str:
     """OpenMetrics text with the series that `offset 1w` selectors read, sampled every 15s from
     65 minutes before to 10 minutes after the same time a week ago. They are recorded series:
-    replicas folded (no `instance`), the target's `job`, the labels of their level."""
+    replicas folded (no `instance`), the target's `job`, the labels of their level, and the
+    exporter's constant labels (it had them last week too: new labels make new series)."""
     lines = []
     for name in sorted({m["name"] for e in exprs for m in OFFSET_SELECTOR.finditer(e)}):
         level = name.split(":")[0].split("_")
@@ -283,7 +288,8 @@ def last_week(exprs: list[str], now: float) -> str:
             if m["name"] == name)))
         lines.append(f"# TYPE {name} gauge")
         for values in itertools.product(*(WEEK_AGO[label] for label in level)):
-            labels = {"job": "pipemon", **fixed, **dict(zip(level, values, strict=True))}
+            labels = {"job": "pipemon", **CONSTANT_LABELS, **fixed,
+                      **dict(zip(level, values, strict=True))}
             text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
             start = int(now) - 7 * 86400 - 65 * 60
             lines += [f"{name}{{{text}}} 10 {t}" for t in range(start, start + 75 * 60, 15)]
@@ -325,6 +331,14 @@ def test_every_dashboard_query_returns_data(pg_dsn, services, moto, tmp_path):
             for where, expr in queries(dashboard):
                 if values is not VALUES[uid] or where.startswith("panel"):
                     checks.append((f"{uid} {where} {values}", substitute(expr, values)))
+    # and the dashboards generated for the sources' constant labels, set to the exporter's
+    # (the labels at the exporter's values both times)
+    for uid, dashboard in ((m["uid"], m) for m in build_all(list(CONSTANT_LABELS)).values()):
+        link = {**VALUES[uid], **CONSTANT_LABELS}
+        for values in (link, {**dict.fromkeys(VALUES[uid], ALL), **CONSTANT_LABELS}):
+            checks += [(f"{uid} with labels {where} {values}", substitute(expr, values))
+                       for where, expr in queries(dashboard)
+                       if values is not link or where.startswith("panel")]
     offset_exprs = [e for _, e in checks if OFFSET_SELECTOR.search(e)]
     assert offset_exprs, "the queue dashboard compares with last week"
     # the same queries without their offset: live data must show the selectors are right
@@ -336,7 +350,8 @@ def test_every_dashboard_query_returns_data(pg_dsn, services, moto, tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     sources = stack_sources(pg_dsn, moto.url, scratch)
-    exporter = services(Exporter(tmp_path / "exporter", sources))
+    exporter = services(Exporter(tmp_path / "exporter", sources,
+                                 defaults={"labels": CONSTANT_LABELS}))
     node = services(NodeExporter(tmp_path / "node"))  # the worker panels read the machine too
     prometheus = Prometheus(tmp_path / "prometheus", [exporter.target], RULES, other_jobs={
         "node": {"targets": [node.target], "labels": {"role": "worker"}}})

@@ -33,7 +33,11 @@ DASHBOARD_FILES = load_all()
 BY_UID = {d["uid"]: d for d in DASHBOARD_FILES.values()}
 
 
-every_dashboard = pytest.mark.parametrize("dashboard", list(BY_UID.values()), ids=list(BY_UID))
+# the committed dashboards, and those generated for sources with constant labels
+LABELLED = {d["uid"]: d for d in generate.build_all(["env", "team"]).values()}
+every_dashboard = pytest.mark.parametrize(
+    "dashboard", [*BY_UID.values(), *LABELLED.values()],
+    ids=[*BY_UID, *(f"{uid}+labels" for uid in LABELLED)])
 
 
 def test_committed_json_is_what_the_code_generates():
@@ -152,7 +156,8 @@ def test_links_point_at_runbooks_and_dashboards_that_exist(dashboard):
         elif url.startswith("/d/"):
             uid = url[3:].split("?")[0]
             assert uid in UIDS, url
-            target = {v["name"] for v in BY_UID[uid]["templating"]["list"]}
+            family = LABELLED if "env" in variables else BY_UID  # links stay in the set
+            target = {v["name"] for v in family[uid]["templating"]["list"]}
             for var in re.findall(r"var-(\w+)=|\$\{(\w+):queryparam\}", url):
                 name = var[0] or var[1]
                 assert name in target, f"{url}: {uid} has no variable {name}"
@@ -260,3 +265,37 @@ def test_provisioning_files_match_the_documented_mounts():
     doc = (ROOT / "docs" / "dashboards.md").read_text()
     assert provider["options"]["path"] in doc
     assert "/etc/grafana/provisioning" in doc
+
+
+@pytest.mark.parametrize("uid", sorted(UIDS))
+def test_constant_labels_are_variables_that_every_place_selector_uses(uid):
+    plain, labelled = BY_UID[uid], LABELLED[uid]
+    names = [v["name"] for v in labelled["templating"]["list"]]
+    assert names == ["datasource", "env", "team", *[v["name"] for v in
+                                                      plain["templating"]["list"][1:]]]
+    team = labelled["templating"]["list"][2]["query"]["query"]
+    assert team == 'label_values(pipemon_source_up{env=~"$env"}, team)'
+    place = re.compile(r'(source|instance)=~"\$(source|instance)\|?"')
+    selecting = 0
+    added = [q for q in queries(labelled) if q[0] not in ("variable env", "variable team")]
+    for (where, before), (_, after) in zip(queries(plain), added, strict=True):
+        if place.search(before) or where in ("variable source", "variable instance"):
+            selecting += 1
+            assert 'env=~"$env' in after and 'team=~"$team' in after, (where, after)
+        else:  # the exporter's own series, rule thresholds, node_exporter's: no source
+            assert after == before, where
+    assert selecting >= 3
+    links = json.dumps(labelled["links"]) + json.dumps(panels(labelled))
+    assert links.count("${datasource:queryparam}") == \
+        links.count("${datasource:queryparam}&${env:queryparam}&${team:queryparam}")
+
+
+def test_labelled_dashboards_need_their_own_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        generate.main(["--labels", "env"])
+    assert "give --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        generate.main(["--labels", "env,instance", "--out", str(tmp_path)])
+    assert "instance: Prometheus sets 'instance'" in capsys.readouterr().err
+    assert generate.main(["--labels", "env", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(DASHBOARD_FILES)

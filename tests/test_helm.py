@@ -90,7 +90,8 @@ FULL: dict[str, Any] = {
     "prometheusRule": {"labels": {"role": "alert-rules"}},
     "dashboards": {"namespace": "monitoring", "labels": {"team": "media"}},
     "alertmanager": {"enabled": True, "namespace": "monitoring",
-                     "settings": {"email": {"smarthost": "smtp.corp.example:587"}}},
+                     "settings": {"email": {"smarthost": "smtp.corp.example:587"},
+                                  "constant_labels": ["env", "team"]}},
     "networkPolicy": {"enabled": True, "egress": {
         "postgresql": {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}]},
         "extra": [{"ports": [{"port": 4317, "protocol": "TCP"}]}],
@@ -439,7 +440,8 @@ def test_alertmanager_config_is_what_render_alertmanager_renders(chart, full):
                       FULL["alertmanager"]["settings"])
     sets = [f"{key}={value}" for key, value in (
         ("secrets_dir", settings["secrets_dir"]), ("templates_dir", settings["templates_dir"]),
-        ("email.smarthost", settings["email"]["smarthost"]))]
+        ("email.smarthost", settings["email"]["smarthost"]),
+        ("constant_labels", json.dumps(settings["constant_labels"])))]
     expected = render_alertmanager.render(sets=sets)
     assert yaml.safe_load(data["alertmanager.yaml"]) == yaml.safe_load(expected)
     templates = sorted((ROOT / "alertmanager" / "templates").glob("*.tmpl"))
@@ -473,10 +475,13 @@ def test_alertmanager_values_are_quoted_like_render_alertmanager(chart):
     ({"slack": "#alerts"}, "alertmanager.settings.slack: must be a mapping"),
     ({"email": {"smarthost": ["a", "b"]}}, "alertmanager.settings.email.smarthost: must be a "
                                             "single value"),
+    ({"constant_labels": "env"}, "alertmanager.settings.constant_labels: must be a list"),
+    ({"constant_labels": ["env", "a-b"]},
+     "alertmanager.settings.constant_labels: \"a-b\" is not a label name"),
     ({"secrets_dir": "/etc/alertmanager/my secrets"},
      "alertmanager.settings.secrets_dir = \"/etc/alertmanager/my secrets\" is used inside a "
      "longer value and must be a plain path or URL"),
-], ids=["unknown-key", "mapping", "single-value", "plain-path"])
+], ids=["unknown-key", "mapping", "single-value", "list", "label-name", "plain-path"])
 def test_alertmanager_settings_are_checked(chart, settings, message):
     values = merged(BASE, {"alertmanager": {"enabled": True, "settings": settings}})
     assert message in render_error(chart, values)

@@ -16,6 +16,9 @@ Alert rules
   rules/settings/links.yml: the repository's files must keep them.)
 Recording rules
   * the name has the form level:metric:operation.
+Aggregations (rules/pipemon-*.yaml)
+  * every aggregation says what it drops (`without (...)`), never what it keeps (`by (...)`,
+    or nothing at all): the labels a user adds to a source (`labels:`) reach every alert.
 The job selector
   * `job="pipemon"` appears in exactly one rule expression in rules/ (the recording rule that
     selects pipemon's targets), so changing the scrape job name is a one-line edit.
@@ -59,6 +62,13 @@ ALERT_NAME = re.compile(r"^Pipemon(?:[A-Z][a-z0-9]*)+$")
 RECORD_NAME = re.compile(r"^[a-z_][a-z0-9_]*:[a-z_][a-z0-9_]*:[a-z0-9_]+$")
 DURATION_PART = re.compile(r"(\d+)(ms|y|w|d|h|m|s)")
 UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+# An aggregation that names the labels it keeps (`sum by (...)`, `sum(...)`), where pipemon's
+# rules say what they drop (`max without (instance, pod)`). `x_over_time(` is not one.
+GROUPING = re.compile(
+    r"\b(?:sum|max|min|avg|count|group|stddev|stdvar|topk|bottomk|quantile|count_values)"
+    r"\s*(?:\(|by\b)")
 
 
 def seconds(value: object) -> float:
@@ -113,6 +123,13 @@ def lint(root: Path) -> tuple[list[str], int, int]:
         for group in doc.get("groups") or []:
             gname = group.get("name", "?")
             for rule in group.get("rules") or []:
+                if path.name.startswith("pipemon-"):
+                    for found in GROUPING.finditer(str(rule.get("expr", ""))):
+                        problems.append(
+                            f"{rel}: {rule.get('record') or rule.get('alert')}: `{found[0]}`"
+                            " drops labels: aggregate with `without (...)`, so that a"
+                            " source's constant labels reach the alerts"
+                        )
                 if "record" in rule:
                     if not RECORD_NAME.match(rule["record"]):
                         problems.append(

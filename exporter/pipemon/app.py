@@ -39,7 +39,8 @@ class PipemonCollector:
         return (spec.family() for spec in specs.values())
 
     def collect(self) -> Iterator[Metric]:
-        families = m.Families()
+        families = m.Families({runner.name: runner.source.config.labels
+                               for runner in self._app.runners if runner.source.config.labels})
         families(m.BUILD_INFO).add_metric([VERSION], 1)
         families(m.CONFIG_RELOAD_OK).add_metric([], 1 if self._app.last_reload_ok else 0)
         families(m.CONFIG_RELOAD_TIME).add_metric([], self._app.last_reload_success)

@@ -6,6 +6,7 @@ this module only knows the file's top level. Every problem in the file is report
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,13 +22,20 @@ from pipemon.schema import (
     ConfigError,
     Node,
     join_path,
+    label_text,
+    mapping,
     one_of,
     positive_duration,
     read,
     show,
     value,
 )
-from pipemon.sources.base import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, SourceConfig
+from pipemon.sources.base import (
+    DEFAULT_INTERVAL,
+    DEFAULT_TIMEOUT,
+    SourceConfig,
+    check_constant_labels,
+)
 from pipemon.verdict import HealthConfig
 
 __all__ = ["Config", "ConfigError", "Defaults", "HealthConfig", "interpolate", "load"]
@@ -41,6 +49,12 @@ class Defaults(Checked):
                             DEFAULT_INTERVAL, shown_default="15s")
     timeout: float = value("Deadline of each poll.", positive_duration, DEFAULT_TIMEOUT,
                            shown_default="5s")
+    labels: dict[str, str] = mapping(
+        "Labels added to every series of every source (e.g. `{env: prod}`); a source's own"
+        " `labels` are merged over them.", label_text, {}, shown_default="none")
+
+    def check(self, node: Node, parent: dict[str, Any]) -> None:
+        check_constant_labels(node, self.labels)
 
 
 @dataclass(frozen=True)
@@ -134,6 +148,8 @@ def load(path: str | os.PathLike, env: dict[str, str] | None = None) -> Config:
             continue
         source = read(source_class(kind).config_type, node, fixed={"kind": kind},
                       defaults={"interval": defaults.interval, "timeout": defaults.timeout})
+        if defaults.labels:
+            source = dataclasses.replace(source, labels={**defaults.labels, **source.labels})
         sources.append((i, source))
 
     seen: set[str] = set()

@@ -10,6 +10,7 @@ import bisect
 import hashlib
 import itertools
 import math
+import re
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -37,6 +38,11 @@ STORAGE_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 OTHER = "other"
 
 
+# A source's constant labels (its `labels:`), by source name: added to every series whose
+# `source` label names it.
+ConstantLabels = dict[str, dict[str, str]]
+
+
 @dataclass(frozen=True)
 class Spec:
     name: str
@@ -44,12 +50,47 @@ class Spec:
     help: str
     labels: tuple[str, ...]
 
-    def family(self) -> Metric:
+    def family(self, constant: ConstantLabels | None = None) -> Metric:
+        # Only series of a source take its constant labels; `source` is always the first label.
+        constant = (constant or {}) if self.labels[:1] == ("source",) else {}
         if self.type == "gauge":
-            return GaugeMetricFamily(self.name, self.help, labels=self.labels)
+            return GaugeFamily(self.name, self.help, self.labels, constant)
         if self.type == "counter":
-            return CounterMetricFamily(self.name, self.help, labels=self.labels)
-        return HistogramFamily(self.name, self.help, labels=self.labels)
+            return CounterFamily(self.name, self.help, self.labels, constant)
+        return HistogramFamily(self.name, self.help, self.labels, constant)
+
+
+class GaugeFamily(GaugeMetricFamily):
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...],
+                 constant: ConstantLabels) -> None:
+        super().__init__(name, documentation, labels=labels)
+        self.constant = constant
+
+    def add_metric(self, labels, value, timestamp=None) -> None:
+        start = len(self.samples)
+        super().add_metric(labels, value, timestamp)
+        _add_constant(self, labels, start)
+
+
+class CounterFamily(CounterMetricFamily):
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...],
+                 constant: ConstantLabels) -> None:
+        super().__init__(name, documentation, labels=labels)
+        self.constant = constant
+
+    def add_metric(self, labels, value, created=None, timestamp=None, exemplar=None) -> None:
+        start = len(self.samples)
+        super().add_metric(labels, value, created, timestamp, exemplar)
+        _add_constant(self, labels, start)
+
+
+def _add_constant(family: GaugeFamily | CounterFamily, labels, start: int) -> None:
+    """The source's constant labels on the samples add_metric just appended (each has a label
+    dict of its own)."""
+    extra = family.constant.get(labels[0]) if family.constant else None
+    if extra:
+        for sample in family.samples[start:]:
+            sample.labels.update(extra)
 
 
 class HistogramFamily(HistogramMetricFamily):
@@ -57,9 +98,11 @@ class HistogramFamily(HistogramMetricFamily):
     series once per change, not once per scrape (most series of a busy exporter are buckets of
     queues that had no new job since the last poll; bench/README.md, issue 19)."""
 
-    def __init__(self, name: str, documentation: str, labels: tuple[str, ...]) -> None:
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...],
+                 constant: ConstantLabels | None = None) -> None:
         super().__init__(name, documentation, labels=labels)
         self.label_names = tuple(labels)
+        self.constant = constant or {}
         self.lines: list[str] = []
         self.lined = 0  # how many of `samples` the lines render; encoders.py checks it
 
@@ -288,13 +331,14 @@ SELF_SPECS = (BUILD_INFO, SOURCE_UP, SOURCE_POLL_DURATION, SOURCE_POLL_ERRORS,
 class Families:
     """The families of one scrape, one per metric name, however many sources feed it."""
 
-    def __init__(self) -> None:
+    def __init__(self, constant: ConstantLabels | None = None) -> None:
         self._families: dict[str, Metric] = {}
+        self._constant = constant or {}
 
     def __call__(self, spec: Spec) -> Metric:
         family = self._families.get(spec.name)
         if family is None:
-            family = self._families[spec.name] = spec.family()
+            family = self._families[spec.name] = spec.family(self._constant)
         return family
 
     def __iter__(self) -> Iterator[Metric]:
@@ -345,10 +389,12 @@ class HistogramSet:
             self._text[labels].samples = None  # stale: rendered again at the next emit
 
     def emit(self, family: HistogramFamily, prefix: tuple[str, ...]) -> None:
+        constant = family.constant.get(prefix[0]) if family.constant else None
+        key = (family.name, prefix, constant)
         for labels in sorted(self._counts):
             text = self._text.get(labels)
-            if text is None or text.key != (family.name, prefix):
-                text = self._text[labels] = _SeriesText(family, prefix, labels, self._le)
+            if text is None or text.key != key:
+                text = self._text[labels] = _SeriesText(family, key, labels, self._le)
             if text.samples is None:
                 text.render(family.name, self._counts[labels], self._sums[labels])
             family.samples.extend(text.samples)
@@ -363,11 +409,12 @@ class _SeriesText:
 
     __slots__ = ("key", "lines", "per_bucket", "samples", "series", "starts")
 
-    def __init__(self, family: HistogramFamily, prefix: tuple[str, ...],
-                 labels: tuple[str, ...], le: tuple[str, ...]) -> None:
-        name = family.name
-        self.key = (name, prefix)
+    def __init__(self, family: HistogramFamily, key: tuple, labels: tuple[str, ...],
+                 le: tuple[str, ...]) -> None:
+        name, prefix, constant = key  # the family, the labels before `labels`, the source's
+        self.key = key
         self.series = dict(zip(family.label_names, (*prefix, *labels), strict=True))
+        self.series.update(constant or {})
         self.per_bucket = [{**self.series, "le": bound} for bound in le]
         self.starts = [*(line_start(name + "_bucket", d) for d in self.per_bucket),
                        line_start(name + "_count", self.series),
@@ -435,6 +482,39 @@ class LabelCap:
             return OTHER
 
 
-def add_sample(family: Metric, labels: dict[str, str], value: float) -> None:
+LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# Labels the Prometheus server sets on every series it scrapes (the Prometheus Operator's
+# ServiceMonitor adds the Kubernetes ones): a series that has one already keeps it as
+# `exported_<name>`, which no rule or dashboard reads.
+TARGET_LABELS = ("job", "instance", "namespace", "service", "pod", "container", "endpoint")
+# Labels pipemon's alert rules and Prometheus set on alerts.
+RULE_LABELS = ("alertname", "alertstate", "severity", "slo", "escalation")
+
+
+def own_labels() -> frozenset[str]:
+    """Every label name pipemon's series carry (from the specs here), plus the histogram's
+    and summary's."""
+    return frozenset({"le", "quantile"}.union(
+        *(spec.labels for spec in globals().values() if isinstance(spec, Spec))))
+
+
+def constant_label_problem(name: str) -> str | None:
+    """Why `name` cannot be a source's constant label, or None."""
+    if not LABEL_NAME.fullmatch(name) or name.startswith("__"):
+        return ("not a Prometheus label name (letters, digits and '_', not starting with a"
+                " digit or '__')")
+    if name in own_labels():
+        return "a label of pipemon's own series: choose another name"
+    if name in RULE_LABELS:
+        return f"the rules set {name!r} on alerts: choose another name"
+    if name in TARGET_LABELS:
+        return (f"Prometheus sets {name!r} on every series it scrapes (these would get"
+                f" exported_{name}): choose another name")
+    return None
+
+
+def add_sample(family: GaugeFamily, labels: dict[str, str], value: float) -> None:
     """A sample with its own label names (pipemon_check_value: each check has its columns)."""
-    family.samples.append(Sample(family.name, dict(labels), value))
+    labels = dict(labels)
+    labels.update(getattr(family, "constant", {}).get(labels["source"], {}))
+    family.samples.append(Sample(family.name, labels, value))

@@ -81,6 +81,20 @@ def string(value: Any) -> str:
     return value
 
 
+MAX_LABEL_TEXT = 128
+
+
+@described("string")
+def label_text(value: Any) -> str:
+    """A label value written in the config: a non-empty string of one line, or a number."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    text = string(value)
+    if "\n" in text or len(text) > MAX_LABEL_TEXT:
+        raise ValueError(f"expected one line of at most {MAX_LABEL_TEXT} characters")
+    return text
+
+
 @described("integer >= 1")
 def positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

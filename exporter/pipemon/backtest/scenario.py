@@ -28,10 +28,13 @@ from pathlib import Path
 
 import yaml
 
+from pipemon.metrics import constant_label_problem
 from pipemon.schema import (
     Node,
     boolean,
     duration,
+    join_path,
+    label_text,
     name,
     one_of,
     positive_duration,
@@ -110,6 +113,15 @@ class SourceSpec:
     success_ratio: float = 1.0
     duration: Spread | None = None
     checks: dict[str, float] = field(default_factory=dict)
+    # the exporter's config for it: its `labels:`, and its `name` when two environments' sources
+    # share one (the scenario's `name` must be unique: events target it)
+    labels: tuple[tuple[str, str], ...] = ()
+    source_label: str = ""
+
+    @property
+    def exported(self) -> dict[str, str]:
+        """The labels every series of this source carries."""
+        return {"source": self.source_label or self.name, **dict(self.labels)}
 
 
 @dataclass(frozen=True)
@@ -234,6 +246,10 @@ def _scenario(node: Node, path: Path) -> Scenario | None:
     if isinstance(node.data.get("sources"), str):
         node.data["sources"] = _pipeline(node, node.data["sources"])
     sources = tuple(_source(n) for n in node.items("sources", required=True))
+    exported = [tuple(sorted(s.exported.items())) for s in sources]
+    for twin in {e for e in exported if exported.count(e) > 1}:
+        node.problem("sources", f"two sources export the same labels {dict(twin)}: give one a"
+                                " `labels:` of its own")
     names = {s.name for s in sources}
     queues = {f"{s.name}/{q.name}" for s in sources for q in s.queues}
     events = tuple(_event(n, names, queues) for n in node.items("events", allow_empty=True))
@@ -276,7 +292,14 @@ def _pipeline(node: Node, pipeline: str) -> list:
 
 def _source(node: Node) -> SourceSpec:
     kind = node.get("kind", one_of("queue", "storage", "analysis", "checks"))
-    common = {"name": node.get("name", name), "kind": kind}
+    labels = node.mapping("labels", label_text, {})
+    for label in labels:
+        problem = constant_label_problem(label)
+        if problem:
+            node.problem(join_path("labels", label), problem)
+    common = {"name": node.get("name", name), "kind": kind,
+              "labels": tuple(sorted(labels.items())),
+              "source_label": node.get("source_label", name, "")}
     if kind == "queue":
         queues = tuple(_queue(n) for n in node.items("queues", required=True))
         spec = SourceSpec(**common, queues=queues,

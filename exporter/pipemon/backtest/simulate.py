@@ -418,7 +418,7 @@ def history(scenario: Scenario, wanted: set[str] | None = None) -> History:
                 # While its source is down a replica reads nothing new: counters stay as
                 # of the outage; the finishes are counted once it is back.
                 read_at = min([e.at for e in source_down if e.active(poll)] or [poll])
-                labels = dict(base, source=source.name)
+                labels = dict(base, **source.exported)
                 if want(m.SOURCE_UP.name):
                     out.values(m.SOURCE_UP.name, **labels, kind=source.kind)[k] = \
                         0.0 if down_now else 1.0

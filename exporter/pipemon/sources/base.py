@@ -6,8 +6,17 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pipemon.metrics import Families, Spec
-from pipemon.schema import Checked, Node, name, positive_duration, value
+from pipemon.metrics import Families, Spec, constant_label_problem
+from pipemon.schema import (
+    Checked,
+    Node,
+    join_path,
+    label_text,
+    mapping,
+    name,
+    positive_duration,
+    value,
+)
 from pipemon.verdict import Finding
 
 DEFAULT_INTERVAL = 15.0
@@ -27,15 +36,27 @@ class SourceConfig(Checked):
         "Deadline of one poll, at most `interval`; a poll past it fails as `timeout`"
         " (default: `defaults.timeout`).", positive_duration, DEFAULT_TIMEOUT,
         shown_default="5s")
+    labels: dict[str, str] = mapping(
+        "Labels added to every series of this source, e.g. `{env: prod, team: media}`; the"
+        " rules keep them and the dashboards can select by them (docs/exporter.md). Merged"
+        " over `defaults.labels`.", label_text, {}, shown_default="none")
 
     def check(self, node: Node, parent: dict[str, Any]) -> None:
         if self.interval and self.timeout and self.timeout > self.interval:
             node.problem("timeout", f"must not exceed interval ({self.interval:g}s): polls would"
                                     " overlap")
+        check_constant_labels(node, self.labels)
 
     def secrets(self) -> list[str]:
         """Strings that must never be shown (for redaction of error messages)."""
         return []
+
+
+def check_constant_labels(node: Node, labels: dict[str, str]) -> None:
+    for label in labels:
+        problem = constant_label_problem(label)
+        if problem:
+            node.problem(join_path("labels", label), problem)
 
 
 class Source(ABC):

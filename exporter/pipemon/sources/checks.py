@@ -177,7 +177,7 @@ class ChecksSource(PgSource):
             raise CheckError("too_many_rows", f"more than max_rows ({check.max_rows}) rows")
         parsed: dict[tuple[tuple[str, str], ...], float] = {}
         for row in rows:
-            labels, value = _parse_row(row)
+            labels, value = _parse_row(row, self.config.labels)
             if labels in parsed:
                 raise CheckError("duplicate_labels", f"two rows with the labels {dict(labels)}")
             parsed[labels] = value
@@ -253,7 +253,7 @@ class ChecksSource(PgSource):
                 "checks": [c.name for c in self.config.checks]}
 
 
-def _parse_row(row: dict) -> tuple[tuple[tuple[str, str], ...], float]:
+def _parse_row(row: dict, constant: dict[str, str]) -> tuple[tuple[tuple[str, str], ...], float]:
     if "value" not in row:
         raise CheckError("no_value", f"no column named value (columns: {', '.join(sorted(row))})")
     value = row["value"]
@@ -268,6 +268,8 @@ def _parse_row(row: dict) -> tuple[tuple[tuple[str, str], ...], float]:
         if (not _LABEL_NAME.fullmatch(column) or column.startswith("__")
                 or column in RESERVED_LABELS):
             raise CheckError("bad_label", f"column {column!r} cannot be a label name")
+        if column in constant:
+            raise CheckError("bad_label", f"column {column!r} is one of the source's `labels`")
         labels.append((column, _label_text(row[column])))
     return tuple(labels), float(value)
 

@@ -125,6 +125,10 @@ Argument: (dict "over" <settings> "base" <defaults> "prefix" "alertmanager.setti
 {{- fail (printf "%s: must be a mapping" $path) }}
 {{- end }}
 {{- include "pipemon.checkAlertmanagerSettings" (dict "over" $value "base" $default "prefix" $path) }}
+{{- else if kindIs "slice" $default }}
+{{- if not (kindIs "slice" $value) }}
+{{- fail (printf "%s: must be a list" $path) }}
+{{- end }}
 {{- else if or (kindIs "map" $value) (kindIs "slice" $value) (kindIs "invalid" $value) }}
 {{- fail (printf "%s: must be a single value" $path) }}
 {{- end }}
@@ -166,6 +170,16 @@ YAML value becomes a JSON scalar; inside a longer value it must be a plain path 
 {{- if not $text }}
 {{- fail "files/alertmanager/alertmanager.yml.in: missing" }}
 {{- end }}
+{{- /* the sources' constant labels extend lists of label names: ", env, team" */}}
+{{- $constant := "" }}
+{{- range $label := index $flat "constant_labels" | default list }}
+{{- if not (regexMatch `^[a-zA-Z_][a-zA-Z0-9_]*$` (toString $label)) }}
+{{- fail (printf "alertmanager.settings.constant_labels: %q is not a label name" (toString $label)) }}
+{{- end }}
+{{- $constant = printf "%s, %s" $constant $label }}
+{{- end }}
+{{- $text = replace "${constant_labels}" $constant $text }}
+{{- $_ := unset $flat "constant_labels" }}
 {{- range $key := keys $flat | sortAlpha }}
 {{- $value := index $flat $key }}
 {{- $placeholder := printf "${%s}" $key }}

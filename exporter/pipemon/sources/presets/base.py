@@ -102,3 +102,21 @@ def aggregate(active_rows: sql.Composable) -> sql.Composable:
         " 0)::float8, count(*) FILTER (WHERE stuck)"
         " FROM ({rows}) AS active GROUP BY 1, 2 ORDER BY 1, 2"
     ).format(rows=active_rows)
+
+
+def unknown_states(jobs: sql.Composable, known: tuple[str, ...],
+                   where_queue: sql.Composable) -> sql.Composable:
+    """(raw state, jobs) for the states of `jobs.state` not in `known`: one probe per distinct
+    state of an index that leads with it (a skip scan), then a count of the unknown ones only.
+    `where_queue` filters on `j.queue`."""
+    return sql.SQL(
+        "WITH RECURSIVE present(state) AS ("
+        " (SELECT state FROM {jobs} ORDER BY 1 LIMIT 1)"
+        " UNION ALL SELECT (SELECT state FROM {jobs} WHERE state > present.state"
+        "  ORDER BY 1 LIMIT 1) FROM present WHERE present.state IS NOT NULL)"
+        " SELECT state::text, (SELECT count(*) FROM {jobs} j WHERE j.state = present.state"
+        "{where_queue}) FROM present"
+        " WHERE state IS NOT NULL AND state::text NOT IN ({known})"
+    ).format(jobs=jobs, where_queue=where_queue,
+             known=sql.SQL(", ").join(sql.Literal(s) for s in known))
+

@@ -23,7 +23,7 @@ from psycopg import sql
 from pipemon.db import Cursor
 from pipemon.errors import PollError
 from pipemon.incremental import keyset_over
-from pipemon.sources.presets.base import Preset, aggregate
+from pipemon.sources.presets.base import Preset, aggregate, unknown_states
 
 UTC_NOW = sql.SQL("(now() AT TIME ZONE 'UTC')")
 KNOWN = ("available", "scheduled", "executing", "retryable", "completed", "discarded",
@@ -68,18 +68,9 @@ class ObanPreset(Preset):
         ).format(now=UTC_NOW, jobs=self.jobs, where_queue=self.where_queue))
 
     def unmapped(self, cur: Cursor) -> list[tuple[str, int]]:
-        # One index probe per distinct state (Oban's index leads with it), then a count of the
-        # unknown ones only (`suspended`, which oban-py reads but never writes, or newer ones).
-        return cur.rows(sql.SQL(
-            "WITH RECURSIVE present(state) AS ("
-            " (SELECT state FROM {jobs} ORDER BY 1 LIMIT 1)"
-            " UNION ALL SELECT (SELECT state FROM {jobs} WHERE state > present.state"
-            "  ORDER BY 1 LIMIT 1) FROM present WHERE present.state IS NOT NULL)"
-            " SELECT state::text, (SELECT count(*) FROM {jobs} j WHERE j.state = present.state"
-            "{where_queue}) FROM present"
-            " WHERE state IS NOT NULL AND state::text NOT IN ({known})"
-        ).format(jobs=self.jobs, where_queue=self.queue_filter(sql.SQL("j.queue")),
-                 known=sql.SQL(", ").join(sql.Literal(s) for s in KNOWN)))
+        # Oban's index leads with the state. Unknown: `suspended`, which oban-py reads but never
+        # writes, or newer ones.
+        return cur.rows(unknown_states(self.jobs, KNOWN, self.queue_filter(sql.SQL("j.queue"))))
 
     def _window(self, column: str, with_after: bool) -> sql.Composable:
         """The raw column's range for one read: the index does it; keyset() then applies the

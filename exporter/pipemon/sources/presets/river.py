@@ -21,7 +21,7 @@ from psycopg import sql
 from pipemon.db import Cursor
 from pipemon.errors import PollError
 from pipemon.incremental import keyset
-from pipemon.sources.presets.base import STUCK_AFTER, Preset, aggregate
+from pipemon.sources.presets.base import STUCK_AFTER, Preset, aggregate, unknown_states
 
 KNOWN = ("available", "cancelled", "completed", "discarded", "pending", "retryable", "running",
          "scheduled")
@@ -73,18 +73,9 @@ class RiverPreset(Preset):
                  where_queue=self.where_queue))
 
     def unmapped(self, cur: Cursor) -> list[tuple[str, int]]:
-        # An enum: an unknown state is one a newer River added. One probe of River's fetching
-        # index (it leads with state) per distinct state, then a count of the unknown ones.
-        return cur.rows(sql.SQL(
-            "WITH RECURSIVE present(state) AS ("
-            " (SELECT state FROM {jobs} ORDER BY 1 LIMIT 1)"
-            " UNION ALL SELECT (SELECT state FROM {jobs} WHERE state > present.state"
-            "  ORDER BY 1 LIMIT 1) FROM present WHERE present.state IS NOT NULL)"
-            " SELECT state::text, (SELECT count(*) FROM {jobs} j WHERE j.state = present.state"
-            "{where_queue}) FROM present"
-            " WHERE state IS NOT NULL AND state::text NOT IN ({known})"
-        ).format(jobs=self.jobs, where_queue=self.queue_filter(sql.SQL("j.queue")),
-                 known=sql.SQL(", ").join(sql.Literal(s) for s in KNOWN)))
+        # An enum: an unknown state is one a newer River added. River's fetching index leads
+        # with the state.
+        return cur.rows(unknown_states(self.jobs, KNOWN, self.queue_filter(sql.SQL("j.queue"))))
 
     def finished_sql(self, with_after: bool) -> sql.Composable:
         condition, tail = keyset(sql.SQL("finalized_at"), sql.SQL("id"), with_after)
