@@ -121,7 +121,7 @@ def main() -> None:
 
             app = make_app(dsn, folder)
             app.poll_all_once()
-            server = HttpServer(app, "127.0.0.1", 0)
+            server = HttpServer.of(app, "127.0.0.1", 0)
             server.start()
             url = f"http://127.0.0.1:{server.port}/metrics"
             scrapes, size_bytes = [], 0

@@ -102,6 +102,25 @@ class Exporter(Process):
         return f"127.0.0.1:{self.port}"
 
 
+class Relay(Process):
+    """`pipemon relay serve` with a config file (a dict written as YAML)."""
+
+    name = "pipemon-relay"
+
+    def __init__(self, workdir: Path, config: dict, extra_args: list[str] = ()):
+        super().__init__(workdir)
+        self.config = workdir / "relay.yaml"
+        self.config.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.extra_args = list(extra_args)
+
+    def start(self, timeout: float = 30) -> Relay:
+        self._spawn([sys.executable, "-m", "pipemon", "relay", "serve", "--config",
+                     str(self.config), "--web.listen-address", f"127.0.0.1:{self.port}",
+                     *self.extra_args], env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.wait_ready("/healthz", timeout)
+        return self
+
+
 class NodeExporter(Process):
     """Debian's prometheus-node-exporter with the collectors the worker panels read (CPU,
     memory, filesystems)."""

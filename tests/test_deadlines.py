@@ -102,7 +102,7 @@ def test_healthz_stays_ok_while_polls_run_into_their_deadline(make_app):
     tools = [{"name": f"t{i:02}", "command": SLEEP_1S} for i in range(70)]
     app = make_app([{"name": "worker", "kind": "host", "interval": "2s", "timeout": "1s",
                      "tools": tools}])
-    server = HttpServer(app, "127.0.0.1", 0)
+    server = HttpServer.of(app, "127.0.0.1", 0)
     server.start()
     app.start()
     try:

@@ -123,7 +123,7 @@ def test_every_extra_field_is_kept_in_json_and_text(log_lines):
 
 def test_name_filter_serves_a_kind_added_by_reload(tmp_path):
     app = App(load(write_config(tmp_path / "one.yaml", [host_source()])))
-    server = HttpServer(app, "127.0.0.1", 0)
+    server = HttpServer.of(app, "127.0.0.1", 0)
     server.start()
     base = f"http://127.0.0.1:{server.port}/metrics"
     try:

@@ -274,7 +274,7 @@ def test_scrapes_reuse_worker_threads_and_held_connections_never_block_one(make_
 
     app = make_app([{"name": "worker", "kind": "host", "interval": "60s",
                      "tools": [{"name": "true", "command": [sys.executable, "-c", "0"]}]}])
-    server = HttpServer(app, "127.0.0.1", 0)
+    server = HttpServer.of(app, "127.0.0.1", 0)
     server.start()
     held = []
     try:

@@ -332,7 +332,7 @@ def scrape(port: int, path: str = "/metrics") -> str:
 
 def test_exporter_keeps_serving_while_storage_fails_and_recovers(make_app, s3, stoppable):
     app = make_app([storage_source(stoppable.url, interval="1s", timeout="1s")])
-    server = HttpServer(app, "127.0.0.1", 0)
+    server = HttpServer.of(app, "127.0.0.1", 0)
     server.start()
     app.start()
     try:
@@ -387,7 +387,7 @@ def test_storage_faults_in_a_row_leak_nothing_and_keep_counters_monotonic(make_a
     no thread, connection or probe object is left behind."""
     app = make_app([storage_source(proxy.url, interval="1s", timeout="1s"),
                     storage_source(stoppable.url, name="direct", interval="1s", timeout="1s")])
-    server = HttpServer(app, "127.0.0.1", 0)
+    server = HttpServer.of(app, "127.0.0.1", 0)
     server.start()
     app.start()
     history: list[dict] = []

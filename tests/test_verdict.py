@@ -42,7 +42,7 @@ def serve():
     servers = []
 
     def start(app):
-        server = HttpServer(app, "127.0.0.1", 0)
+        server = HttpServer.of(app, "127.0.0.1", 0)
         server.start()
         servers.append(server)
         return server.port

@@ -8,6 +8,7 @@ import select
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from importlib import import_module
 
 import click
@@ -43,9 +44,10 @@ def _one_malloc_arena() -> None:
         pass  # not glibc (musl, macOS): nothing to tune
 
 
-def _load_or_exit(path: str) -> Config:
+def _load_or_exit(path: str, loader: Callable = load):
+    """The config `loader` reads from `path`; exit 2 with one line per problem if invalid."""
     try:
-        return load(path)
+        return loader(path)
     except ConfigError as err:
         for line in err.lines():
             click.echo(line, err=True)
@@ -62,10 +64,12 @@ def _summary(config: Config) -> str:
 
 
 class _Commands(click.Group):
-    """Subcommands; `backtest` (Prometheus's rule engine, scenarios, reports) is imported only
-    when run, so that `serve` does not carry it in memory (bench/README.md, issue 19)."""
+    """Subcommands; `backtest` (Prometheus's rule engine, scenarios, reports) and `relay` are
+    imported only when run, so that `serve` does not carry them in memory (bench/README.md,
+    issue 19)."""
 
-    LAZY = {"backtest": "pipemon.backtest.command:backtest"}
+    LAZY = {"backtest": "pipemon.backtest.command:backtest",
+            "relay": "pipemon.relay.command:relay"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.LAZY])
@@ -122,7 +126,7 @@ def serve(config_path: str, listen_address: str, web_config_path: str | None, lo
 
     app = App(config)
     try:
-        server = HttpServer(app, host, port, web)
+        server = HttpServer.of(app, host, port, web)
     except OSError as err:
         click.echo(f"--web.listen-address: cannot listen on {listen_address}: {err.strerror}",
                    err=True)

@@ -89,7 +89,7 @@ def interpolate(text: str, env: dict[str, str]) -> str:
     return _VAR.sub(replace, text)
 
 
-def _interpolate_tree(value: Any, path: str, env: dict, problems: list[str]) -> Any:
+def interpolate_tree(value: Any, path: str, env: dict, problems: list[str]) -> Any:
     if isinstance(value, str):
         try:
             return interpolate(value, env)
@@ -97,10 +97,10 @@ def _interpolate_tree(value: Any, path: str, env: dict, problems: list[str]) -> 
             problems.append(f"{path}: {err}")
             return UNRESOLVED
     if isinstance(value, dict):
-        return {k: _interpolate_tree(v, join_path(path, k), env, problems)
+        return {k: interpolate_tree(v, join_path(path, k), env, problems)
                 for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate_tree(v, f"{path}[{i}]", env, problems) for i, v in enumerate(value)]
+        return [interpolate_tree(v, f"{path}[{i}]", env, problems) for i, v in enumerate(value)]
     return value
 
 
@@ -122,7 +122,7 @@ def load(path: str | os.PathLike, env: dict[str, str] | None = None) -> Config:
         raise ConfigError(file, ["expected a mapping with a 'sources' list at the top"])
 
     problems: list[str] = []
-    data = _interpolate_tree(data, "", dict(os.environ if env is None else env), problems)
+    data = interpolate_tree(data, "", dict(os.environ if env is None else env), problems)
     root = Node(data, "", problems, Path(path).resolve().parent)
     defaults_node = root.child("defaults", required=False)
     defaults = read(Defaults, defaults_node) if defaults_node else Defaults()

@@ -21,3 +21,11 @@ def redact(text: str, secrets: list[str]) -> str:
         text = text.replace(secret, REDACTED)
     line = " ".join(text.split())
     return line if len(line) <= MAX_ERROR_LENGTH else line[: MAX_ERROR_LENGTH - 3] + "..."
+
+
+def first_line(err: BaseException, secrets: list[str]) -> str:
+    """An exception as one line for a log, its secrets replaced (a driver's message may quote
+    the DSN)."""
+    text = str(err).strip()
+    return redact(text.splitlines()[0] if text else type(err).__name__, secrets)
+

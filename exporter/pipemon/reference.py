@@ -13,6 +13,7 @@ from typing import Any
 
 from pipemon.config import Defaults
 from pipemon.kinds import KINDS, source_class
+from pipemon.relay.config import RelayConfig
 from pipemon.schema import REQUIRED, Setting, default_of, key_of, settings
 from pipemon.sources.base import SourceConfig
 from pipemon.verdict import HealthConfig
@@ -99,6 +100,9 @@ def markdown() -> str:
         summary = " ".join(summary.split()).removeprefix(f"`kind: {kind}`: ")
         parts += [f"### `kind: {kind}`", "", summary[:1].upper() + summary[1:], "",
                   *HEADER, *table(source.config_type, skip=COMMON), ""]
+    parts += ["### `pipemon relay` (a file of its own)", "",
+              "The config of `pipemon relay serve` and `migrate` (docs/relay.md).", "",
+              *HEADER, *table(RelayConfig), ""]
     parts.append(END)
     return "\n".join(parts)
 

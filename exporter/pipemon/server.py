@@ -17,6 +17,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
 from socketserver import ThreadingMixIn
@@ -309,24 +310,31 @@ def _endpoints(app: App):
 
 
 class HttpServer:
-    """The threaded server on its own thread; `stop()` closes the socket."""
+    """The threaded server on its own thread; `stop()` closes the socket. `make_handler(web)`
+    gives the WSGI application for a web config (the exporter's: `HttpServer.of(app, ...)`)."""
 
-    def __init__(self, app: App, host: str, port: int, web: WebConfig | None = None):
+    def __init__(self, make_handler: Callable[[WebConfig | None], Callable], host: str,
+                 port: int, web: WebConfig | None = None):
         server_class = _Server6 if ":" in host else _Server
-        self._app = app
-        self._handler = make_app(app, web)
+        self._make_handler = make_handler
+        self._handler = make_handler(web)
         self._server = make_server(host, port, self._dispatch, server_class=server_class,
                                    handler_class=_QuietHandler)
         self._server.tls_context = web.tls if web is not None else None
         self._thread = threading.Thread(target=self._server.serve_until_woken, name="http",
                                         daemon=True)
 
+    @classmethod
+    def of(cls, app: App, host: str, port: int, web: WebConfig | None = None) -> HttpServer:
+        """The exporter's server."""
+        return cls(lambda config: make_app(app, config), host, port, web)
+
     def _dispatch(self, environ, start_response):
         return self._handler(environ, start_response)
 
     def apply(self, web: WebConfig) -> None:
         """Serve the next requests and connections with a new web config."""
-        self._handler = make_app(self._app, web)
+        self._handler = self._make_handler(web)
         self._server.tls_context = web.tls
 
     @property
