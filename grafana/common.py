@@ -39,6 +39,7 @@ UID_QUEUE = "pipemon-queue"
 UID_STORAGE = "pipemon-storage"
 UID_INTEGRITY = "pipemon-integrity"
 UID_SELF = "pipemon-self"
+UID_INCIDENTS = "pipemon-incidents"
 
 GREEN, YELLOW, ORANGE, RED, BLUE = "green", "yellow", "orange", "red", "blue"
 

@@ -16,12 +16,12 @@ import json
 import sys
 from pathlib import Path
 
-from grafana import integrity, overview, queue, self_monitoring, storage
+from grafana import incidents, integrity, overview, queue, self_monitoring, storage
 from grafana.labels import with_labels
 from pipemon.metrics import constant_label_problem
 
 OUT = Path(__file__).resolve().parent / "dashboards"
-MODULES = (overview, queue, storage, integrity, self_monitoring)
+MODULES = (overview, queue, storage, integrity, self_monitoring, incidents)
 
 
 def build_all(labels: list[str] = ()) -> dict[str, dict]:

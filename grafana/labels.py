@@ -32,8 +32,9 @@ def selector(labels: list[str], empty: str = "") -> str:
 
 def with_labels(model: dict, labels: list[str]) -> dict:
     """`model` with a variable per label and its queries and links selecting by them."""
-    if not labels:
-        return model
+    places = {v["name"] for v in model["templating"]["list"]} & {"source", "instance"}
+    if not labels or not places:
+        return model  # not a dashboard of sources (the relay's incidents)
     model = copy.deepcopy(model)
     variables = model["templating"]["list"]
     first = next(i for i, v in enumerate(variables) if v["type"] != "datasource")

@@ -320,7 +320,9 @@ def test_every_dashboard_query_returns_data(pg_dsn, services, moto, tmp_path):
 
     s3 = s3_client(moto.url)
     s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "auto"})
-    dashboards = [json.loads(p.read_text()) for p in sorted(DASHBOARDS.glob("*.json"))]
+    # the relay's Incidents dashboard is proven with the relay (test_dashboard_incidents.py)
+    dashboards = [json.loads(p.read_text()) for p in sorted(DASHBOARDS.glob("*.json"))
+                  if p.stem != "pipemon-incidents"]
     assert len(dashboards) == 5
 
     # every query twice: with the values an alert link carries, and with All
@@ -333,7 +335,8 @@ def test_every_dashboard_query_returns_data(pg_dsn, services, moto, tmp_path):
                     checks.append((f"{uid} {where} {values}", substitute(expr, values)))
     # and the dashboards generated for the sources' constant labels, set to the exporter's
     # (the labels at the exporter's values both times)
-    for uid, dashboard in ((m["uid"], m) for m in build_all(list(CONSTANT_LABELS)).values()):
+    for uid, dashboard in ((m["uid"], m) for m in build_all(list(CONSTANT_LABELS)).values()
+                           if m["uid"] in VALUES):
         link = {**VALUES[uid], **CONSTANT_LABELS}
         for values in (link, {**dict.fromkeys(VALUES[uid], ALL), **CONSTANT_LABELS}):
             checks += [(f"{uid} with labels {where} {values}", substitute(expr, values))

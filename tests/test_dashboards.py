@@ -21,7 +21,7 @@ DASHBOARDS = ROOT / "grafana" / "dashboards"
 PROVISIONING = ROOT / "grafana" / "provisioning"
 RULE_FILES = [ROOT / "rules" / "pipemon-alerts.yaml", ROOT / "rules" / "pipemon-recording.yaml"]
 UIDS = {"pipemon-overview", "pipemon-queue", "pipemon-storage", "pipemon-integrity",
-        "pipemon-self"}
+        "pipemon-self", "pipemon-incidents"}
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 
@@ -267,7 +267,7 @@ def test_provisioning_files_match_the_documented_mounts():
     assert "/etc/grafana/provisioning" in doc
 
 
-@pytest.mark.parametrize("uid", sorted(UIDS))
+@pytest.mark.parametrize("uid", sorted(UIDS - {"pipemon-incidents"}))
 def test_constant_labels_are_variables_that_every_place_selector_uses(uid):
     plain, labelled = BY_UID[uid], LABELLED[uid]
     names = [v["name"] for v in labelled["templating"]["list"]]
@@ -299,3 +299,8 @@ def test_labelled_dashboards_need_their_own_folder(tmp_path, capsys):
     assert "instance: Prometheus sets 'instance'" in capsys.readouterr().err
     assert generate.main(["--labels", "env", "--out", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(DASHBOARD_FILES)
+
+
+def test_the_incidents_dashboard_has_no_source_labels_to_select():
+    """The relay's series are per alert, not per source: its dashboard takes no labels."""
+    assert LABELLED["pipemon-incidents"] == BY_UID["pipemon-incidents"]

@@ -159,6 +159,8 @@ def test_an_ha_pair_and_retries_record_each_occurrence_once(tmp_path, relay_db, 
     assert all(row[4] is not None for row in rows), rows  # the late firing reopened nothing
     assert metric(relay, "pipemon_alert_resolution_seconds_count",
                   alertname="PipemonStorageProbeFailing") == 2
+    assert metric(relay, "pipemon_relay_occurrences_total",
+                  alertname="PipemonStorageProbeFailing") == 2
 
 
 def webhook_payload(alerts: list[dict]) -> bytes:

@@ -51,6 +51,10 @@ class RelayMetrics:
             "pipemon_relay_alerts_received", "Alerts in the stored notifications, by status and"
             " severity (Alertmanager repeats them: see pipemon_relay_active_alerts).",
             ["status", "severity"], registry=r)
+        self.occurrences = Counter(
+            "pipemon_relay_occurrences", "Alert occurrences recorded (an alert firing, once"
+            " however often it is notified): incidents per alert.", ["alertname", "severity"],
+            registry=r)
         self.resolution = Histogram(
             "pipemon_alert_resolution_seconds", "Firing to resolved of each alert occurrence"
             " (Alertmanager's startsAt to endsAt), observed when the relay is first told: MTTR.",
@@ -149,6 +153,11 @@ class Relay:
         self.metrics.notifications.labels("stored").inc()
         for alert in notification.alerts:
             self.metrics.alerts.labels(alert.status, alert.severity).inc()
+        for name, severity in recorded.started:
+            self.metrics.occurrences.labels(name, severity).inc()
+            # the histogram's series at zero while it fires: increase() then counts the first
+            # resolution too (it cannot count the first sample of a series)
+            self.metrics.resolution.labels(name, severity)
         for name, severity, seconds in recorded.resolved:
             self.metrics.resolution.labels(name, severity).observe(seconds)
         if self.outbox.channels:
@@ -175,9 +184,8 @@ class Relay:
         try:
             with self.store.transaction() as conn:
                 rows = conn.execute(sql.SQL(
-                    "SELECT alertname, severity, count(*) FROM {}.alerts"
-                    " WHERE resolved_at IS NULL GROUP BY 1, 2").format(
-                        self.store.schema)).fetchall()
+                    "SELECT alertname, severity, count(*) FILTER (WHERE resolved_at IS NULL)"
+                    " FROM {}.alerts GROUP BY 1, 2").format(self.store.schema)).fetchall()
                 waiting = conn.execute(sql.SQL(
                     "SELECT channel, count(*), extract(epoch FROM now() - min(created_at))"
                     "::float8 FROM {}.outbox WHERE delivered_at IS NULL GROUP BY 1").format(
@@ -193,6 +201,10 @@ class Relay:
         self.metrics.active.clear()
         for name, severity, count in rows:
             self.metrics.active.labels(name, severity).set(count)
+            # every alert the history knows, at zero after a restart, so that increase()
+            # counts its next occurrence and resolution
+            self.metrics.occurrences.labels(name, severity)
+            self.metrics.resolution.labels(name, severity)
         for channel, (count, age) in pending.items():
             self.metrics.outbox_pending.labels(channel).set(count)
             self.metrics.outbox_oldest.labels(channel).set(age)

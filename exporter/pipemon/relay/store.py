@@ -74,7 +74,9 @@ class SchemaBehind(Exception):
 
 @dataclass(frozen=True)
 class Recorded:
-    """What one webhook call changed: occurrences resolved by it (for the MTTR histogram)."""
+    """What one webhook call changed: the occurrences it recorded first, and those it resolved
+    (for the MTTR histogram)."""
+    started: tuple[tuple[str, str], ...]  # (alertname, severity)
     resolved: tuple[tuple[str, str, float], ...]  # (alertname, severity, seconds firing)
 
 
@@ -134,10 +136,12 @@ class Store:
                now: datetime) -> Recorded:
         """Record a notification's alerts, queue the deliveries `channels(alert)` names for
         their events; all or nothing."""
-        resolved = []
+        resolved, started = [], []
         with self.transaction() as conn:
             for alert in alerts:
-                alert_id, newly_resolved, seconds = self._upsert(conn, alert, now)
+                alert_id, inserted, newly_resolved, seconds = self._upsert(conn, alert, now)
+                if inserted:
+                    started.append((alert.name, alert.severity))
                 if newly_resolved:
                     resolved.append((alert.name, alert.severity, seconds))
                 event = "resolved" if newly_resolved else "firing"
@@ -148,11 +152,12 @@ class Store:
                         "INSERT INTO {schema}.outbox (alert_id, channel, event) VALUES (%s, %s, %s)"
                         " ON CONFLICT DO NOTHING").format(schema=self.schema),
                         (alert_id, channel, event))
-        return Recorded(tuple(resolved))
+        return Recorded(tuple(started), tuple(resolved))
 
     def _upsert(self, conn: psycopg.Connection, alert: Alert, now: datetime
-                ) -> tuple[int, bool, float]:
-        """(occurrence id, resolved by this call, seconds it fired)."""
+                ) -> tuple[int, bool, bool, float]:
+        """(occurrence id, new, resolved by this call, seconds it fired). New: this call
+        inserted it (`xmax = 0`: the row version has no updater)."""
         row = conn.execute(sql.SQL(
             "INSERT INTO {schema}.alerts (fingerprint, starts_at, alertname, severity, labels,"
             " annotations, generator_url, first_notified_at, last_notified_at, ends_at,"
@@ -166,7 +171,7 @@ class Store:
             "   ELSE alerts.annotations END,"
             "  ends_at = coalesce(alerts.ends_at, EXCLUDED.ends_at),"
             "  resolved_at = coalesce(alerts.resolved_at, EXCLUDED.resolved_at)"
-            " RETURNING id, resolved_at"
+            " RETURNING id, resolved_at, (xmax = 0) AS inserted"
         ).format(schema=self.schema), {
             "fingerprint": alert.fingerprint, "starts_at": alert.starts_at,
             "name": alert.name, "severity": alert.severity,
@@ -177,10 +182,10 @@ class Store:
         }).fetchone()
         # Resolved by this call when the row holds this call's time: the conflict arm reads the
         # latest committed row, so of two relays told at once only one finds its own time.
-        alert_id, resolved_at = row
+        alert_id, resolved_at, inserted = row
         newly_resolved = alert.resolved and resolved_at == now
         seconds = (alert.ends_at - alert.starts_at).total_seconds() if newly_resolved else 0.0
-        return alert_id, newly_resolved, max(seconds, 0.0)
+        return alert_id, inserted, newly_resolved, max(seconds, 0.0)
 
 
 def current_version(conn: psycopg.Connection, schema: str) -> int:
