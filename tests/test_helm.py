@@ -91,7 +91,8 @@ FULL: dict[str, Any] = {
     "dashboards": {"namespace": "monitoring", "labels": {"team": "media"}},
     "alertmanager": {"enabled": True, "namespace": "monitoring",
                      "settings": {"email": {"smarthost": "smtp.corp.example:587"},
-                                  "constant_labels": ["env", "team"]}},
+                                  "constant_labels": ["env", "team"],
+                                  "relay": {"url": "http://pipemon-relay:9866/webhook"}}},
     "networkPolicy": {"enabled": True, "egress": {
         "postgresql": {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}]},
         "extra": [{"ports": [{"port": 4317, "protocol": "TCP"}]}],
@@ -441,9 +442,11 @@ def test_alertmanager_config_is_what_render_alertmanager_renders(chart, full):
     sets = [f"{key}={value}" for key, value in (
         ("secrets_dir", settings["secrets_dir"]), ("templates_dir", settings["templates_dir"]),
         ("email.smarthost", settings["email"]["smarthost"]),
-        ("constant_labels", json.dumps(settings["constant_labels"])))]
+        ("constant_labels", json.dumps(settings["constant_labels"])),
+        ("relay.url", settings["relay"]["url"]))]
     expected = render_alertmanager.render(sets=sets)
     assert yaml.safe_load(data["alertmanager.yaml"]) == yaml.safe_load(expected)
+    assert "relay" in {r["name"] for r in yaml.safe_load(expected)["receivers"]}
     templates = sorted((ROOT / "alertmanager" / "templates").glob("*.tmpl"))
     assert sorted(k for k in data if k != "alertmanager.yaml") == [p.name for p in templates]
     for path in templates:

@@ -128,6 +128,36 @@ def test_alertmanager_notifications_become_the_history_and_mttr(tmp_path, relay_
                "the active-alerts gauge to follow the history")
 
 
+def test_pipemons_alertmanager_config_tells_the_relay_and_still_notifies_people(
+        tmp_path, relay_db, sinks, services):
+    """alertmanager/values.yaml with relay.url set: every alert but Watchdog reaches the relay
+    with the token of the secret file relay-token, and the routes below it still notify
+    (`continue`)."""
+    from testkit.sinks import notifications, site_config
+
+    http, smtp = sinks
+    relay = services(Relay(tmp_path / "relay", relay_config(relay_db)))
+    config = site_config(tmp_path, http, smtp, extra_values={
+        "relay": {"url": f"{relay.url}/webhook", "group_wait": "1s"},
+        "timing": {"critical": {"group_wait": "1s"}, "warning": {"group_wait": "1s"}}})
+    (tmp_path / "secrets" / "relay-token").write_text(TOKEN + "\n")
+    am = services(Alertmanager(tmp_path / "am", config))
+    now = datetime.now(UTC)
+    am.post([alert("PipemonQueueStalled", now, now + timedelta(minutes=5), source="stems"),
+             alert("PipemonQueueJobsStuck", now, now + timedelta(minutes=5), source="stems",
+                   severity="warning"),
+             alert("Watchdog", now, now + timedelta(minutes=5), severity="none")])
+    wait_until(lambda: len(history(relay_db)) == 2, 30, "the relay to record both alerts")
+    assert [row[0] for row in history(relay_db)] == ["PipemonQueueJobsStuck",
+                                                      "PipemonQueueStalled"]
+    wait_until(lambda: len([line for _, line in notifications(http, smtp)
+                            if line.startswith("slack/")]) == 2, 30, "both Slack channels")
+    people = sorted(line for _, line in notifications(http, smtp) if line.startswith("slack/"))
+    assert [line.split(":")[0] for line in people] == ["slack/critical", "slack/warning"]
+    assert metric(relay, "pipemon_relay_notifications_total", result="unauthorized") == 0
+    assert len(history(relay_db)) == 2  # Watchdog went to the heartbeat only
+
+
 def test_an_ha_pair_and_retries_record_each_occurrence_once(tmp_path, relay_db, services):
     relay = services(Relay(tmp_path / "relay", relay_config(relay_db)))
     config = am_config(tmp_path, relay)
@@ -192,7 +222,8 @@ def test_nothing_is_lost_while_the_database_is_down(tmp_path, cluster, services)
     wait_until(lambda: len(history(dsn)) == 1, 60,
                "Alertmanager's retries to be stored once the database is back")
     assert "Traceback" not in relay.log()
-    assert "webhook call not stored, Alertmanager will retry" in relay.log()
+    wait_until(lambda: "webhook call not stored, Alertmanager will retry" in relay.log(), 10,
+               "the refused call logged")
     assert cluster.password not in relay.log() + http_get(f"{relay.url}/metrics")[1]
 
 
@@ -221,7 +252,8 @@ def test_an_unmigrated_database_is_a_503_saying_what_to_run(tmp_path, pg_dsn, se
     body = webhook_payload([{**alert("A", starts, starts), "status": "firing",
                              "endsAt": "0001-01-01T00:00:00Z", "fingerprint": "f00"}])
     assert post(relay, body)[0] == 503
-    assert "run `pipemon relay migrate`" in relay.log()
+    wait_until(lambda: "run `pipemon relay migrate`" in relay.log(), 10,
+               "the missing schema logged")
 
 
 def test_the_relay_needs_only_the_documented_grants(tmp_path, relay_db, db, services):

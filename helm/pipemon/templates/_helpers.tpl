@@ -170,6 +170,12 @@ YAML value becomes a JSON scalar; inside a longer value it must be a plain path 
 {{- if not $text }}
 {{- fail "files/alertmanager/alertmanager.yml.in: missing" }}
 {{- end }}
+{{- /* the relay's route and receiver (lines marked #relay#) only when relay.url is set */}}
+{{- if trim (toString (index $flat "relay.url" | default "")) }}
+{{- $text = regexReplaceAll `(?m)^#relay#` $text "" }}
+{{- else }}
+{{- $text = regexReplaceAll `(?m)^#relay#.*\n` $text "" }}
+{{- end }}
 {{- /* the sources' constant labels extend lists of label names: ", env, team" */}}
 {{- $constant := "" }}
 {{- range $label := index $flat "constant_labels" | default list }}
