@@ -17,6 +17,10 @@ And the storage outage, which lasts over a minute, also burns the storage SLO bu
 (99.9%: a minute is 1.7% of an hour) -> PipemonStorageAvailabilityBudgetBurn, about three
 minutes after the outage starts; it resolves five minutes after the outage ends.
 
+Every alert also goes to `pipemon relay` (docs/relay.md): the summary prints each fault's time
+to resolution (MTTR) from the relay's history in PostgreSQL, and requires an occurrence for each
+expected alert there (resolved, where the alert must resolve).
+
 Every notification the sinks receive is printed as it arrives. DEMO_SECONDS unset: runs until
 Ctrl-C. DEMO_SECONDS=N: runs at most N seconds once the stack is up (less when every expected
 alert has fired and resolved), prints a summary table and exits 0 only if all of them did.
@@ -37,6 +41,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import psycopg
+
+from demo import mttr
 from demo.simulator import ANALYSIS, STEMS, WORKERS
 from demo.stack import AM_TIMING, BUCKET, CHECKS_POLL, INTERVAL, POLL, Stack
 from testkit.net import http_get
@@ -305,6 +312,7 @@ class Demo:
         self.health: HealthWatch | None = None
         self.t0: float | None = None
         self.started = time.time()
+        self.relay_history: list[mttr.Occurrence] | None = None
 
     @property
     def expectations(self) -> list[Expectation]:
@@ -331,7 +339,19 @@ class Demo:
         self.faults = schedule(self.stack)
         self.health = HealthWatch(self.stack.exporter.url)
         self.loop(deadline)
+        self.read_relay(mttr.WAIT)
         return self.summary(time.time() - self.started)
+
+    def read_relay(self, timeout: float) -> None:
+        """The relay's history, once it has each resolution the sinks were sent (it hears of
+        them on a route of its own, up to a group interval apart), or after `timeout`."""
+        wanted = [(exp.alertname, exp.labels, fault.injected_at) for fault in self.faults
+                  for exp in (fault.expect, *fault.side_effects) if exp.resolved_at]
+        try:
+            self.relay_history = mttr.wait_for_resolutions(self.stack.dsn, self.started,
+                                                           wanted, timeout)
+        except psycopg.Error as exc:
+            say(f"{now_hms()}  the relay's history could not be read: {exc}")
 
     def intro(self) -> None:
         s = self.stack
@@ -341,6 +361,8 @@ class Demo:
         say(f"  Prometheus    {s.prometheus.url}/alerts   (graphs: {s.prometheus.url}/graph)")
         say(f"  Alertmanager  {s.alertmanager.url}/#/alerts")
         say(f"  exporter      {s.exporter.url}/   (metrics: {s.exporter.url}/metrics)")
+        say(f"  relay         {s.relay.url}/api/alerts   (active alerts; metrics: "
+            f"{s.relay.url}/metrics)")
         say()
         say(f"The exporter polls every {POLL} (checks every {CHECKS_POLL}), Prometheus scrapes and "
             f"evaluates every {INTERVAL}, Alertmanager")
@@ -448,19 +470,56 @@ class Demo:
                          healthy, "OK" if health.ok else "MISSING"))
         if not self.faults:
             rows.append(("(no fault injected)", "", "", "", "", "MISSING"))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            say("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+        table(rows)
         if self.others:
             say("Other notifications (not expected by the schedule):")
             for note in self.others:
                 say("  " + note.line())
+        recorded = self.relay_summary()
         ok = bool(self.faults) and all(e.ok for e in self.expectations) and \
-            self.health is not None and self.health.ok
+            self.health is not None and self.health.ok and recorded
         if not interrupted:
-            say("RESULT: " + ("every expected alert fired and resolved, and /health followed the"
-                              " outage" if ok else "some expected alerts are MISSING"))
+            say("RESULT: " + ("every expected alert fired and resolved, /health followed the"
+                              " outage, and the relay recorded each with its MTTR" if ok
+                              else "some expected alerts are MISSING"))
         return 0 if ok else 1
+
+    def relay_summary(self) -> bool:
+        """Each expected alert's occurrences in the relay's history, with the time from firing
+        to resolved; whether every one is there (and resolved, where it must be)."""
+        found = self.relay_history
+        if found is None or not self.faults:
+            return False
+        say()
+        say("MTTR from the relay's history (pipemon_relay.alerts; firing to resolved, as "
+            "Prometheus timed them):")
+        rows = [("fault", "alert", "occurrences", "fired at", "resolved at", "MTTR", "result")]
+        ok = True
+        shown = 0
+        for fault in self.faults:
+            for exp in (fault.expect, *fault.side_effects):
+                mine = ([] if fault.injected_at is None else
+                        mttr.matching(found, exp.alertname, exp.labels, fault.injected_at))
+                shown += len(mine)
+                last = mine[-1] if mine else None
+                good = last is not None and (last.ends_at is not None or not exp.must_resolve)
+                ok = ok and good
+                rows.append((fault.name, exp.alertname, str(len(mine)),
+                             now_hms(last.starts_at.timestamp()) if last else "-",
+                             now_hms(last.ends_at.timestamp()) if last and last.ends_at else "-",
+                             mttr.describe(last.seconds) if last else "-",
+                             "OK" if good else "MISSING"))
+        table(rows)
+        if len(found) > shown:
+            say(f"  and {len(found) - shown} other occurrences (GET {self.stack.relay.url}"
+                "/api/alerts lists the active ones)")
+        return ok
+
+
+def table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        say("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -484,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         name = "SIGINT" if isinstance(exc, KeyboardInterrupt) else str(exc)
         say(f"\n{now_hms()} {name}: stopping")
         if demo.faults:
+            demo.read_relay(0)
             demo.summary(time.time() - demo.started, interrupted=True)
         code = 130 if isinstance(exc, KeyboardInterrupt) else 128 + exc.signum
     except Exception as exc:

@@ -12,10 +12,12 @@
   Prometheus   Debian's, with rules/*.yaml unchanged, scraping and evaluating every `INTERVAL`,
                started with six hours of healthy history (see `healthy_history`)
   Alertmanager Debian's, with the configuration rendered from alertmanager/ (values.yaml plus
-               the sinks' addresses and `AM_TIMING`)
+               the sinks' addresses, `AM_TIMING` and the relay's route)
+  relay        `pipemon relay serve` (docs/relay.md), its history in `pipemon_demo`'s schema
+               pipemon_relay (migrated by `pipemon relay migrate`), scraped by Prometheus
 
 `Stack.start()` registers a clean-up for each piece as soon as it runs; `Stack.close()` stops
-them in reverse order and removes the temp dir. The three processes run in a session of their
+them in reverse order and removes the temp dir. The four processes run in a session of their
 own (a Ctrl-C in the terminal reaches the demo only, which stops them in order) and get SIGTERM
 if the demo itself dies (`setpriv --pdeathsig`).
 """
@@ -39,7 +41,7 @@ from demo.simulator import ANALYSIS, STEMS, TRACKS_PER_SECOND, Pipeline, s3_clie
 from testkit import ROOT
 from testkit.net import free_port, wait_until
 from testkit.postgres import PgCluster
-from testkit.processes import Exporter
+from testkit.processes import Exporter, Relay
 from testkit.prometheus import Alertmanager, Prometheus, healthy_slo_history
 from testkit.s3 import Moto
 from testkit.sinks import HttpSink, SmtpSink, site_config
@@ -60,6 +62,9 @@ HISTORY = 6 * 3600
 # are announced after group_interval, shortened from 1-5 m to 15 s.
 AM_TIMING = {"timing": {route: {"group_interval": "15s"}
                         for route in ("critical", "warning", "info")}}
+# The relay hears of a firing within a second and of a resolution as soon as the people do.
+RELAY_TIMING = {"group_wait": "1s", "group_interval": "15s"}
+RELAY_TOKEN = "demo-relay-token"
 SETPRIV = shutil.which("setpriv")
 
 
@@ -96,6 +101,10 @@ class DemoPrometheus(OwnSession, Prometheus):
 
 
 class DemoAlertmanager(OwnSession, Alertmanager):
+    pass
+
+
+class DemoRelay(OwnSession, Relay):
     pass
 
 
@@ -184,6 +193,7 @@ class Stack:
         self.alertmanager: DemoAlertmanager | None = None
         self.exporter: DemoExporter | None = None
         self.prometheus: DemoPrometheus | None = None
+        self.relay: DemoRelay | None = None
 
     def _step(self, what: str) -> float:
         self.say(f"  {what}")
@@ -226,9 +236,19 @@ class Stack:
         self.pipeline.seed()
         self.pipeline.start()
 
-        self._step("Alertmanager with pipemon's routing, receivers pointed at the sinks")
+        self._step("pipemon relay (alert history, MTTR) in the schema pipemon_relay")
+        self.relay = DemoRelay(self.root / "relay", {"database": {"dsn": self.dsn},
+                                                     "bearer_token": RELAY_TOKEN})
+        self._cleanups.callback(self.relay.stop)
+        self.relay.migrate()
+        self.relay.start()
+
+        self._step("Alertmanager with pipemon's routing, receivers pointed at the sinks and the "
+                   "relay")
+        relay_values = {"relay": {"url": f"{self.relay.url}/webhook", **RELAY_TIMING}}
         config = site_config(self.root / "alertmanager-config", self.http, self.smtp,
-                             extra_values=AM_TIMING)
+                             extra_values={**AM_TIMING, **relay_values},
+                             relay_token=RELAY_TOKEN)
         self.alertmanager = DemoAlertmanager(self.root / "alertmanager", config)
         self.alertmanager.external_url = self.alertmanager.url
         self._cleanups.callback(self.alertmanager.stop)
@@ -256,7 +276,8 @@ class Stack:
         self._step("Prometheus with rules/*.yaml (and six hours of healthy history)")
         self.prometheus = DemoPrometheus(
             self.root / "prometheus", [self.exporter.target], RULES, interval=INTERVAL,
-            alertmanagers=[f"127.0.0.1:{self.alertmanager.port}"])
+            alertmanagers=[f"127.0.0.1:{self.alertmanager.port}"],
+            other_jobs={"pipemon-relay": {"targets": [self.relay.target]}})
         self.prometheus.backfill(healthy_history(time.time()))
         self._cleanups.callback(self.prometheus.stop)
         self.prometheus.start()
@@ -281,7 +302,7 @@ class Stack:
     def logs(self) -> str:
         """The tail of each process's log (for a failed run)."""
         out = []
-        for proc in (self.exporter, self.prometheus, self.alertmanager):
+        for proc in (self.exporter, self.prometheus, self.alertmanager, self.relay):
             if proc is not None:
                 out.append(f"--- {proc.name} log (last lines):\n"
                            + "\n".join(proc.log().splitlines()[-25:]))

@@ -120,6 +120,17 @@ class Relay(Process):
         self.wait_ready("/healthz", timeout)
         return self
 
+    def migrate(self) -> None:
+        """`pipemon relay migrate` with the same config (its schema, before `start()`)."""
+        result = subprocess.run([sys.executable, "-m", "pipemon", "relay", "migrate",
+                                 "--config", str(self.config)],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, f"pipemon relay migrate failed:\n{result.stderr}"
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
 
 class NodeExporter(Process):
     """Debian's prometheus-node-exporter with the collectors the worker panels read (CPU,

@@ -258,13 +258,17 @@ def site_values(secrets_dir: Path, http: HttpSink, smtp: SmtpSink) -> dict:
 
 
 def site_config(workdir: Path, http: HttpSink, smtp: SmtpSink,
-                extra_values: dict | None = None) -> Path:
+                extra_values: dict | None = None, relay_token: str | None = None) -> Path:
     """Write the secret files and render the real configuration for the sinks; its path.
     `extra_values` (keys of alertmanager/values.yaml, e.g. the demo's shorter timings) are
-    merged over the sinks' values, as a second --values file."""
+    merged over the sinks' values, as a second --values file. `relay_token`: the secret file
+    relay-token, for a config with relay.url set."""
     secrets = workdir / "secrets"
     secrets.mkdir(parents=True, exist_ok=True)
-    for name, content in secret_files(http).items():
+    files = secret_files(http)
+    if relay_token is not None:
+        files["relay-token"] = relay_token
+    for name, content in files.items():
         path = secrets / name
         # Alertmanager trims every secret file but the SMTP password (see docs/alertmanager.md)
         path.write_text(content if name == "smtp-password" else content + "\n")

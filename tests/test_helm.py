@@ -100,6 +100,11 @@ FULL: dict[str, Any] = {
 }
 
 
+# The relay beside the exporter, its migrations run as a schema owner, and the Alertmanager
+# configuration pointed at it by default.
+RELAY_SECRET = "pipemon-relay"
+
+
 def merged(*layers: dict) -> dict:
     """Values layers deep-merged, later ones winning (as Helm merges -f files)."""
     out: dict = {}
@@ -119,6 +124,10 @@ def load_tool(name: str):
     spec.loader.exec_module(module)
     return module
 
+
+RELAY = merged(BASE, {"relay": {"enabled": True, "existingSecret": RELAY_SECRET, "replicas": 2,
+                                "migrate": {"dsnKey": "owner-dsn"}},
+                      "alertmanager": {"enabled": True}})
 
 render_alertmanager = load_tool("render_alertmanager")
 render_rules = load_tool("render_rules")
@@ -153,6 +162,10 @@ class Rendered:
     def of(self, kind: str) -> list[dict]:
         return [d for d in self.docs if d["kind"] == kind]
 
+    def named(self, kind: str, name: str) -> dict:
+        (found,) = [d for d in self.of(kind) if d["metadata"]["name"] == name]
+        return found
+
     def one(self, kind: str) -> dict:
         found = self.of(kind)
         assert len(found) == 1, f"expected one {kind}, got {len(found)}"
@@ -183,9 +196,14 @@ def full(chart) -> Rendered:
     return render(chart, FULL)
 
 
-@pytest.fixture(scope="module", params=["default", "full"])
-def rendered(request, default, full) -> Rendered:
-    return {"default": default, "full": full}[request.param]
+@pytest.fixture(scope="module")
+def with_relay(chart) -> Rendered:
+    return render(chart, RELAY)
+
+
+@pytest.fixture(scope="module", params=["default", "full", "relay"])
+def rendered(request, default, full, with_relay) -> Rendered:
+    return {"default": default, "full": full, "relay": with_relay}[request.param]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,7 +253,8 @@ def test_packaged_chart_holds_the_files_themselves(chart, tmp_path):
 
 
 # `helm lint` renders `required` values leniently, so the chart's bare defaults lint too.
-@pytest.mark.parametrize("values", [{}, BASE, FULL], ids=["bare", "default", "full"])
+@pytest.mark.parametrize("values", [{}, BASE, FULL, RELAY],
+                         ids=["bare", "default", "full", "relay"])
 def test_helm_lint_strict(values):
     report = helm.lint(CHART, values, strict=True, kube_version=f"v{KUBE_VERSION}")
     problems = [m for m in report["messages"] if m["severity"] >= 2]  # warnings and errors
@@ -780,3 +799,93 @@ def test_dockerignore_keeps_what_the_build_copies():
     for other in ("tests/test_helm.py", ".venv/bin/python", "helm/pipemon/Chart.yaml",
                   "exporter/pipemon/__pycache__/cli.cpython-311.pyc"):
         assert dockerignored(other), other
+
+
+# ------------------------------------------------------------------------------------------------
+# pipemon relay
+
+def pod_labels(deployment: dict) -> dict:
+    return deployment["spec"]["template"]["metadata"]["labels"]
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_relay_pods_are_apart_from_the_exporters(with_relay):
+    exporter = with_relay.named("Deployment", RELEASE)
+    relay = with_relay.named("Deployment", f"{RELEASE}-relay")
+    assert relay["spec"]["replicas"] == 2
+    exporter_service = with_relay.named("Service", RELEASE)["spec"]["selector"]
+    relay_service = with_relay.named("Service", f"{RELEASE}-relay")["spec"]["selector"]
+    assert selects(relay_service, pod_labels(relay))
+    assert not selects(relay_service, pod_labels(exporter))
+    # The exporter's Service, PodDisruptionBudget and ServiceMonitor must not pick the relay.
+    assert not selects(exporter_service, pod_labels(relay))
+    assert not selects(with_relay.one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+                       pod_labels(relay))
+
+
+def test_relay_migrates_then_serves_with_the_secrets_files(with_relay, tmp_path):
+    from pipemon.relay.config import load as load_relay_config
+
+    pod = with_relay.named("Deployment", f"{RELEASE}-relay")["spec"]["template"]["spec"]
+    (migrate,) = pod["initContainers"]
+    (serve,) = pod["containers"]
+    assert migrate["args"] == ["relay", "migrate",
+                               "--config=/etc/pipemon-relay/config/migrate.yaml"]
+    assert serve["args"][:3] == ["relay", "serve", "--config=/etc/pipemon-relay/config/relay.yaml"]
+    assert "--web.listen-address=:9866" in serve["args"]
+    assert serve["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["secrets"]["secret"]["secretName"] == RELAY_SECRET
+    assert all(m.get("readOnly") for c in (migrate, serve) for m in c["volumeMounts"]
+               if m["name"] != "tmp")
+
+    # Both files are configs the relay accepts; migrations run as the schema owner.
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for key, dsn in (("dsn", "postgresql://relay@db:5432/alerts"),
+                     ("owner-dsn", "postgresql://owner@db:5432/alerts")):
+        (secrets / key).write_text(dsn + "\n")
+    (secrets / "token").write_text("t0ken\n")
+    data = with_relay.named("ConfigMap", f"{RELEASE}-relay")["data"]
+    users = {}
+    for name in ("relay.yaml", "migrate.yaml"):
+        path = tmp_path / name
+        path.write_text(data[name].replace("/etc/pipemon-relay/secrets/", f"{secrets}/"))
+        config = load_relay_config(path, env={})
+        users[name] = config.database.dsn.reveal().split("//")[1].split("@")[0]
+        assert config.bearer_token.reveal() == "t0ken"
+    assert users == {"relay.yaml": "relay", "migrate.yaml": "owner"}
+
+
+def test_relay_is_scraped_as_the_job_its_alert_reads(with_relay):
+    monitor = with_relay.named("ServiceMonitor", f"{RELEASE}-relay")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    (job,) = [r["replacement"] for r in endpoint["relabelings"] if r["targetLabel"] == "job"]
+    alerts = yaml.safe_load((ROOT / "rules" / "pipemon-alerts.yaml").read_text())
+    (down,) = [r for g in alerts["groups"] for r in g["rules"]
+               if r.get("alert") == "PipemonRelayDown"]
+    assert f'up{{job="{job}"}}' in down["expr"]
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_alertmanager_sends_to_the_charts_relay_unless_told_otherwise(chart, with_relay):
+    config = yaml.safe_load(alertmanager_secret(with_relay)["alertmanager.yaml"])
+    (relay,) = [r for r in config["receivers"] if r["name"] == "relay"]
+    assert relay["webhook_configs"][0]["url"] == (
+        f"http://{RELEASE}-relay.{NAMESPACE}.svc:9866/webhook")
+    elsewhere = render(chart, merged(RELAY, {"alertmanager": {"settings": {
+        "relay": {"url": "https://relay.example/webhook"}}}}))
+    config = yaml.safe_load(alertmanager_secret(elsewhere)["alertmanager.yaml"])
+    (relay,) = [r for r in config["receivers"] if r["name"] == "relay"]
+    assert relay["webhook_configs"][0]["url"] == "https://relay.example/webhook"
+    without = yaml.safe_load(alertmanager_secret(render(chart, merged(
+        BASE, {"alertmanager": {"enabled": True}})))["alertmanager.yaml"])
+    assert "relay" not in [r["name"] for r in without["receivers"]]
+
+
+def test_relay_needs_its_secret(chart):
+    message = render_error(chart, merged(BASE, {"relay": {"enabled": True}}))
+    assert "relay.existingSecret is required while relay.enabled is true" in message

@@ -139,8 +139,8 @@ def test_pipemons_alertmanager_config_tells_the_relay_and_still_notifies_people(
     relay = services(Relay(tmp_path / "relay", relay_config(relay_db)))
     config = site_config(tmp_path, http, smtp, extra_values={
         "relay": {"url": f"{relay.url}/webhook", "group_wait": "1s"},
-        "timing": {"critical": {"group_wait": "1s"}, "warning": {"group_wait": "1s"}}})
-    (tmp_path / "secrets" / "relay-token").write_text(TOKEN + "\n")
+        "timing": {"critical": {"group_wait": "1s"}, "warning": {"group_wait": "1s"}}},
+        relay_token=TOKEN)
     am = services(Alertmanager(tmp_path / "am", config))
     now = datetime.now(UTC)
     am.post([alert("PipemonQueueStalled", now, now + timedelta(minutes=5), source="stems"),

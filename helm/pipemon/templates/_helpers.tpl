@@ -164,6 +164,10 @@ YAML value becomes a JSON scalar; inside a longer value it must be a plain path 
 {{- $settings := .Values.alertmanager.settings | default dict }}
 {{- include "pipemon.checkAlertmanagerSettings" (dict "over" $settings "base" $defaults "prefix" "alertmanager.settings") }}
 {{- $values := mergeOverwrite (deepCopy $defaults) (deepCopy $settings) }}
+{{- /* the chart's own relay, unless relay.url names another */}}
+{{- if and .Values.relay.enabled (not (trim (toString ($values.relay.url | default "")))) }}
+{{- $_ := set $values.relay "url" (include "pipemon.relayWebhook" .) }}
+{{- end }}
 {{- $flat := dict }}
 {{- include "pipemon.flatten" (dict "map" $values "prefix" "" "out" $flat) }}
 {{- $text := .Files.Get "files/alertmanager/alertmanager.yml.in" }}
@@ -213,4 +217,29 @@ YAML value becomes a JSON scalar; inside a longer value it must be a plain path 
 {{- end }}
 {{- printf "# Rendered by the pipemon Helm chart from alertmanager/alertmanager.yml.in and alertmanager/values.yaml.\n" }}
 {{- $text }}
+{{- end }}
+
+{{/* pipemon relay (relay.enabled): its own name and selector, so that the exporter's Service,
+PodDisruptionBudget and NetworkPolicy never select the relay's pods. */}}
+{{- define "pipemon.relayName" -}}
+{{- printf "%s-relay" (include "pipemon.fullname" . | trunc 57 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "pipemon.relaySelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-relay" (include "pipemon.name" . | trunc 57 | trimSuffix "-") }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "pipemon.relayLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "pipemon.relaySelectorLabels" . }}
+app.kubernetes.io/component: relay
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: pipemon
+{{- end }}
+
+{{/* The relay's webhook URL inside the cluster (Alertmanager's relay.url when it is not set). */}}
+{{- define "pipemon.relayWebhook" -}}
+{{- printf "http://%s.%s.svc:%d/webhook" (include "pipemon.relayName" .) .Release.Namespace (int .Values.relay.port) }}
 {{- end }}
