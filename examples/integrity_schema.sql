@@ -9,6 +9,9 @@ CREATE TABLE IF NOT EXISTS tracks (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- tracks_created: a range scan per window
+CREATE INDEX IF NOT EXISTS tracks_created_at_idx ON tracks (created_at);
+
 CREATE TABLE IF NOT EXISTS posts (
     id         bigserial PRIMARY KEY,
     post_type  text        NOT NULL CHECK (post_type IN ('audio', 'text')),

@@ -52,17 +52,26 @@ def checks_source(dsn: str, checks: list[dict], **overrides) -> dict:
 
 def test_example_integrity_checks_give_exact_values(make_app, pg_dsn, integrity):
     [source] = yaml.safe_load(EXAMPLE.read_text())["sources"]
+    integrity.execute("INSERT INTO tracks (title, created_at) VALUES"  # ids 6 and 7
+                      " ('half an hour ago', now() - interval '30 minutes'),"
+                      " ('two hours ago', now() - interval '2 hours')")
+    integrity.execute("INSERT INTO posts (post_type, track_id)"
+                      " VALUES ('audio', 98), ('audio', 99)")  # 2 to no track
     app = make_app([{**source, "dsn": pg_dsn}])
     assert app.poll_all_once()
 
     assert value(app, "audio_posts_without_track") == 3
     assert value(app, "playlist_entries_missing_track") == 3
-    assert value(app, "migration_progress_percent") == 57.14  # 4 of 7 audio posts
+    assert value(app, "posts_with_missing_track") == 2
+    assert value(app, "migration_progress_percent") == 66.67  # 6 of 9 have a track_id
+    assert value(app, "tracks_created", period="5m") == 5
+    assert value(app, "tracks_created", period="1h") == 6
     ratio = value(app, "db_connection_usage_ratio")
     max_connections = int(integrity.execute("SHOW max_connections").fetchone()[0])
     connections = ratio * max_connections  # at least this test's and pipemon's
     assert connections == round(connections) >= 2
     for check in ("audio_posts_without_track", "playlist_entries_missing_track",
+                  "posts_with_missing_track", "tracks_created",
                   "migration_progress_percent", "db_connection_usage_ratio"):
         assert up(app, check) == 1
 
@@ -70,10 +79,12 @@ def test_example_integrity_checks_give_exact_values(make_app, pg_dsn, integrity)
     integrity.execute("UPDATE posts SET track_id = 5"
                       " WHERE post_type = 'audio' AND track_id IS NULL")
     integrity.execute("DELETE FROM playlist_entries WHERE track_id > 5")
+    integrity.execute("UPDATE posts SET track_id = 5 WHERE track_id > 7")
     app = make_app([{**source, "dsn": pg_dsn}])  # a fresh one: every check is due at once
     assert app.poll_all_once()
     assert value(app, "audio_posts_without_track") == 0
     assert value(app, "playlist_entries_missing_track") == 0
+    assert value(app, "posts_with_missing_track") == 0
     assert value(app, "migration_progress_percent") == 100
 
     integrity.execute("DELETE FROM posts WHERE post_type = 'audio'")
@@ -197,8 +208,9 @@ def test_example_checks_config_is_valid():
     [source] = load(EXAMPLE, env={}).sources
     assert [c.name for c in source.checks] == [
         "audio_posts_without_track", "playlist_entries_missing_track",
+        "posts_with_missing_track", "tracks_created",
         "migration_progress_percent", "db_connection_usage_ratio"]
-    assert [c.interval for c in source.checks] == [60, 60, 60, 30]
+    assert [c.interval for c in source.checks] == [60, 60, 60, 60, 60, 30]
 
 
 def test_config_problems_are_reported(tmp_path):
