@@ -42,6 +42,11 @@ class Process:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def target(self) -> str:
+        """host:port, as a Prometheus scrape target."""
+        return f"127.0.0.1:{self.port}"
+
     def _spawn(self, argv: list[str], env: dict | None = None) -> None:
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
@@ -97,10 +102,6 @@ class Exporter(Process):
         self.wait_ready("/readyz", timeout)
         return self
 
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
 
 class Relay(Process):
     """`pipemon relay serve` with a config file (a dict written as YAML)."""
@@ -122,14 +123,15 @@ class Relay(Process):
 
     def migrate(self) -> None:
         """`pipemon relay migrate` with the same config (its schema, before `start()`)."""
-        result = subprocess.run([sys.executable, "-m", "pipemon", "relay", "migrate",
-                                 "--config", str(self.config)],
-                                capture_output=True, text=True, timeout=60, check=False)
-        assert result.returncode == 0, f"pipemon relay migrate failed:\n{result.stderr}"
+        migrate_relay(self.config)
 
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
+
+def migrate_relay(config_path: Path) -> None:
+    """`pipemon relay migrate --config config_path`; fails with its stderr."""
+    result = subprocess.run([sys.executable, "-m", "pipemon", "relay", "migrate",
+                             "--config", str(config_path)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, f"pipemon relay migrate failed:\n{result.stderr}"
 
 
 class NodeExporter(Process):
@@ -145,7 +147,3 @@ class NodeExporter(Process):
                      "--collector.filesystem", "--log.level=warn"])
         self.wait_ready("/metrics", timeout)
         return self
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"

@@ -18,6 +18,7 @@ from psycopg.conninfo import make_conninfo
 
 from testkit.net import http_get, wait_until
 from testkit.processes import Relay
+from testkit.processes import migrate_relay as migrate
 from testkit.prometheus import Alertmanager
 
 pytestmark = pytest.mark.postgres
@@ -27,12 +28,6 @@ TOKEN = "relay-token-3f9a"
 
 def relay_config(dsn: str, **extra) -> dict:
     return {"database": {"dsn": dsn}, "bearer_token": TOKEN, **extra}
-
-
-def migrate(config_path) -> None:
-    result = subprocess.run([sys.executable, "-m", "pipemon", "relay", "migrate", "--config",
-                             str(config_path)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
 
 
 def am_config(tmp_path, relay: Relay, token: str = TOKEN) -> str:

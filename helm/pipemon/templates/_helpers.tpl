@@ -22,8 +22,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{- define "pipemon.labels" -}}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{ include "pipemon.selectorLabels" . }}
+{{ include "pipemon.commonLabels" . }}
+{{- end }}
+
+{{/* The labels of every object of the release, besides its selector labels. */}}
+{{- define "pipemon.commonLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: pipemon
@@ -231,12 +236,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{- define "pipemon.relayLabels" -}}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{ include "pipemon.relaySelectorLabels" . }}
 app.kubernetes.io/component: relay
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/part-of: pipemon
+{{ include "pipemon.commonLabels" . }}
 {{- end }}
 
 {{/* The relay's webhook URL inside the cluster (Alertmanager's relay.url when it is not set). */}}
