@@ -5,6 +5,7 @@ The scenario library itself, run against the shipped rules, is tests/test_backte
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -370,3 +371,285 @@ def test_library_scenarios_round_trip_through_yaml():
         data = yaml.safe_load(path.read_text())
         assert set(data) <= {"name", "category", "description", "duration", "seed", "replicas",
                              "sources", "events", "expect"}, path.name
+
+
+# --- an instrumented service (kind service) ---------------------------------------------------
+
+SERVICE_SOURCE = """\
+  - name: mixer
+    kind: service
+    service: ai-mixer
+    regions:
+      - {{name: us-west, per_second: 40, pods: 3}}
+      - {{name: eu-west, per_second: 25, pods: 2}}
+    error_ratio: 0.01
+    latency: {{median: 30ms, p95: 70ms}}
+    operations:
+      - {{name: track_upload, per_minute: 6, fail_ratio: 0.05}}
+"""
+SERVICE = """
+name: svc
+category: noise
+duration: 1h
+seed: 5
+sources:
+""" + SERVICE_SOURCE + """\
+events:
+{events}
+"""
+
+
+def service(tmp_path, events: str = "  []", wanted: set[str] | None = None) -> History:
+    path = write_scenario(tmp_path, SERVICE.format(events=events))
+    return simulate.history(scenario.load(path), wanted)
+
+
+def matching(history: History, name: str, **labels: str) -> list[list]:
+    found = [values for key, values in history if dict(key)["__name__"] == name
+             and all(dict(key).get(k) == v for k, v in labels.items())]
+    assert found, f"no series {name} {labels}"
+    return found
+
+
+def pods(history: History, name: str, **labels: str) -> dict[str, list]:
+    """The series of `name` matching `labels`, one per pod, by instance."""
+    found = {}
+    for key, values in history:
+        d = dict(key)
+        if d["__name__"] == name and all(d.get(k) == v for k, v in labels.items()):
+            assert d["instance"] not in found, f"two series {name} {labels} on one pod"
+            found[d["instance"]] = values
+    assert found, f"no series {name} {labels}"
+    return found
+
+
+def increase(history: History, name: str, start: float, end: float, **labels: str) -> float:
+    """What the series of `labels` counted between two instants (no restart in between)."""
+    a, b = at(history, start), at(history, end)
+    return sum(v[b] - v[a] for v in matching(history, name, **labels))
+
+
+def quantile(history: History, q: float, start: float, end: float, **labels: str) -> float:
+    """histogram_quantile over the increase of the pods' buckets, as PromQL interpolates."""
+    by_le: dict[float, float] = {}
+    for key, values in history:
+        d = dict(key)
+        if d["__name__"] == "http_request_duration_seconds_bucket" and \
+                all(d.get(k) == v for k, v in labels.items()):
+            a, b = at(history, start), at(history, end)
+            by_le[float(d["le"])] = by_le.get(float(d["le"]), 0) + values[b] - values[a]
+    bounds = sorted(by_le)
+    rank = q * by_le[math.inf]
+    for i, bound in enumerate(bounds):
+        if by_le[bound] >= rank:
+            lower = bounds[i - 1] if i else 0.0
+            below = by_le[lower] if i else 0.0
+            return lower + (bound - lower) * (rank - below) / (by_le[bound] - below)
+    raise AssertionError(by_le)
+
+
+def test_a_service_serves_its_rate_5xx_ratio_and_latency(tmp_path):
+    history = service(tmp_path)
+    hour = 3600.0
+    for region, per_second, count in (("us-west", 40, 3), ("eu-west", 25, 2)):
+        requests = pods(history, "http_requests_total", region=region, code="200")
+        assert len(requests) == count, requests.keys()
+        total = increase(history, "http_requests_total", 0, hour, region=region)
+        assert abs(total / hour - per_second) < 0.03 * per_second, (region, total / hour)
+        errors = increase(history, "http_requests_total", 0, hour, region=region, code="500")
+        assert 0.008 < errors / total < 0.012, (region, errors / total)
+        missing = increase(history, "http_requests_total", 0, hour, region=region, code="404")
+        assert 0.017 < missing / total < 0.023, "404s are a constant 2%"
+        p95 = quantile(history, 0.95, 0, hour, region=region)
+        assert 0.064 < p95 < 0.077, (region, p95)
+        median = quantile(history, 0.5, 0, hour, region=region)
+        assert 0.026 < median < 0.036, (region, median)
+        count_ = increase(history, "http_request_duration_seconds_count", 0, hour,
+                          region=region)
+        assert count_ == total, "one observation per request"
+        seconds = increase(history, "http_request_duration_seconds_sum", 0, hour,
+                           region=region)
+        assert 0.030 < seconds / total < 0.040, "lognormal mean: median * exp(sigma^2 / 2)"
+    done = increase(history, "app_operations_total", 0, hour, operation="track_upload",
+                    outcome="success")
+    failed = increase(history, "app_operations_total", 0, hour, operation="track_upload",
+                      outcome="failure")
+    assert 300 < done + failed < 420 and 5 < failed < 35, (done, failed)
+    key = dict(next(k for k, _ in history if dict(k)["__name__"] == "http_requests_total"))
+    assert set(key) == {"__name__", "job", "instance", "service", "region", "code"}
+    assert key["job"] == key["service"] == "ai-mixer"
+    les = {dict(k)["le"] for k, _ in history
+           if dict(k)["__name__"] == "http_request_duration_seconds_bucket"}
+    assert les == {"0.005", "0.01", "0.025", "0.05", "0.075", "0.1", "0.15", "0.2", "0.3",
+                   "0.5", "0.75", "1.0", "1.5", "2.0", "3.0", "5.0", "10.0", "+Inf"}
+
+
+def test_a_service_swings_between_day_and_night(tmp_path):
+    text = SERVICE.format(events="  []").replace("pods: 2}", "pods: 2, low: 0.1, period: 1h}")
+    history = simulate.history(scenario.load(write_scenario(tmp_path, text)))
+    night = increase(history, "http_requests_total", 0, 300, region="eu-west") / 300
+    day = increase(history, "http_requests_total", 1650, 1950, region="eu-west") / 300
+    assert night < 5 and 22 < day < 28, (night, day)
+
+
+def test_service_errors_fail_one_region_for_a_while(tmp_path):
+    history = service(tmp_path, "  - {kind: service_errors, service: mixer/eu-west, at: 20m,"
+                                " for: 10m, value: 0.2}")
+
+    def ratio(region, start, end):
+        errors = increase(history, "http_requests_total", start, end, region=region,
+                          code="500")
+        return errors / increase(history, "http_requests_total", start, end, region=region)
+
+    assert 0.18 < ratio("eu-west", 1200, 1800) < 0.22
+    assert ratio("eu-west", 1800, 3600) < 0.015 and ratio("eu-west", 0, 1200) < 0.015
+    assert ratio("us-west", 1200, 1800) < 0.015, "the other region carries on"
+
+
+def test_service_slow_multiplies_latency(tmp_path):
+    history = service(tmp_path, "  - {kind: service_slow, service: mixer/us-west, at: 20m,"
+                                " for: 10m, factor: 5}")
+    slow = quantile(history, 0.95, 1200, 1800, region="us-west")
+    assert 0.30 < slow < 0.40, slow  # 5 x 70 ms
+    assert quantile(history, 0.95, 1800, 3600, region="us-west") < 0.08
+    assert quantile(history, 0.95, 1200, 1800, region="eu-west") < 0.08
+
+
+def test_service_traffic_scales_and_stops_requests(tmp_path):
+    history = service(tmp_path, "  - {kind: service_traffic, service: mixer, at: 20m, for: 10m,"
+                                " factor: 0}\n"
+                                "  - {kind: service_traffic, service: mixer/us-west, at: 40m,"
+                                " for: 10m, factor: 2}")
+    assert increase(history, "http_requests_total", 1200, 1800) == 0
+    assert increase(history, "http_request_duration_seconds_bucket", 1200, 1800) == 0
+    double = increase(history, "http_requests_total", 2400, 3000, region="us-west") / 600
+    assert 75 < double < 85, double
+    assert 23 < increase(history, "http_requests_total", 2400, 3000, region="eu-west") / 600 \
+        < 27
+
+
+def test_a_pod_restart_goes_stale_and_counts_again_from_zero(tmp_path):
+    history = service(tmp_path, "  - {kind: pod_restart, service: mixer/us-west, at: 20m}\n"
+                                "  - {kind: pod_restart, service: mixer/us-west, at: 40m,"
+                                " down: 45s}")
+    ok = pods(history, "http_requests_total", region="us-west", code="200")
+    restart = at(history, 20 * 60)
+    first = [i for i, v in ok.items() if v[restart] == STALE]
+    assert len(first) == 1, "one pod of the region restarts"
+    values = ok[first[0]]
+    assert values[restart + 1] is None, "no sample while the pod restarts"
+    assert values[restart + 2] == 0, "back after 30 s, counting from zero"
+    assert values[restart + 3] > 0
+    assert 0 < values[restart + 10] < values[restart - 1] / 10
+    others = [v for i, v in ok.items() if i != first[0]]
+    assert all(v[restart] not in (None, STALE) and v[restart] >= v[restart - 1]
+               for v in others), "the other pods carry on"
+    # The region's traffic moves to the pods that run: the rate stays 40/s.
+    moved = sum(increase(history, "http_requests_total", 1200, 1230, instance=i)
+                for i in ok if i != first[0])
+    assert 34 < moved / 30 < 46, moved / 30
+    second = [i for i, v in ok.items() if v[at(history, 40 * 60)] == STALE]
+    assert len(second) == 1 and second != first, "a rolling restart takes the next pod"
+    gone = [v for v in ok[second[0]][at(history, 40 * 60):at(history, 41 * 60)]]
+    assert gone[:4] == [STALE, None, None, 0], gone
+    up = pods(history, "up", job="ai-mixer")
+    assert up[first[0]][restart] == 0 and up[first[0]][restart + 2] == 1
+    eu = pods(history, "http_requests_total", region="eu-west", code="200")
+    assert all(STALE not in v for v in eu.values()), "only us-west restarts"
+    # a counter only ever drops at a restart
+    values = [v for v in values if v not in (None, STALE)]
+    assert sum(1 for x, y in itertools.pairwise(values) if y < x) == 1
+
+
+def test_operation_fail_ratio_and_independence_of_other_sources(tmp_path):
+    history = service(tmp_path, "  - {kind: operation_fail_ratio, operation:"
+                                " mixer/track_upload, at: 10m, for: 40m, value: 0.5}\n"
+                                "  - {kind: exporter_down, at: 0s}")
+    failed = increase(history, "app_operations_total", 600, 3000, outcome="failure")
+    done = increase(history, "app_operations_total", 600, 3000, outcome="success")
+    assert 0.4 < failed / (failed + done) < 0.6, (failed, done)
+    ok = pods(history, "http_requests_total", code="200")
+    assert all(None not in v and STALE not in v for v in ok.values()), \
+        "pipemon's replicas being down does not touch the service's series"
+    # Adding a service does not change the traffic of the other sources.
+    alone = simulated(tmp_path)
+    text = QUEUE.format(replicas=1, events="  []")
+    path = tmp_path / "both.yaml"
+    path.write_text(text.replace("events:", SERVICE_SOURCE.format() + "events:"))
+    both = simulate.history(scenario.load(path))
+    assert series(both, "pipemon_queue_jobs_finished_total", queue="busy",
+                  outcome="succeeded") == series(alone, "pipemon_queue_jobs_finished_total",
+                                                 queue="busy", outcome="succeeded")
+    assert not [k for k, _ in both if dict(k)["__name__"] == "pipemon_source_up"
+                and dict(k).get("source") == "mixer"]
+
+
+def test_a_service_produces_only_the_series_the_rules_read(tmp_path):
+    history = service(tmp_path, wanted={"http_requests_total"})
+    names = {dict(k)["__name__"] for k, _ in history}
+    assert names == {"http_requests_total", "up"}, names
+    again = service(tmp_path, wanted={"http_requests_total",
+                                      "http_request_duration_seconds_bucket"})
+    requests = matching(history, "http_requests_total")
+    assert matching(again, "http_requests_total") == requests, \
+        "the latency draws do not change the request counts"
+
+
+def test_a_bad_service_gets_one_line_per_problem(tmp_path):
+    path = write_scenario(tmp_path, """
+name: broken
+category: noise
+duration: 1h
+sources:
+  - name: mixer
+    kind: service
+    regions:
+      - {name: us-west, per_second: 40, pods: 0}
+      - {name: us-west, per_minute: 5, per_second: 1}
+      - {name: eu-west, per_second: 5, low: 2, colour: red}
+    error_ratio: 1.5
+    latency: {median: 70ms, p95: 30ms}
+    operations:
+      - {name: track_upload, fail_ratio: 0.01}
+    workers: 3
+    labels: {env: prod}
+  - name: api
+    kind: service
+    regions: []
+events:
+  - {kind: service_errors, service: mixer/mars, at: 10m, value: 0.5}
+  - {kind: service_slow, service: mixer, at: 10m}
+  - {kind: operation_fail_ratio, operation: mixer/nope, at: 10m, value: 2}
+  - {kind: pod_restart, service: mixer/eu-west, at: 10m, pod: 1}
+  - {kind: source_down, source: mixer, at: 10m}
+""")
+    with pytest.raises(scenario.ScenarioError) as err:
+        scenario.load(path)
+    problems = [p.removeprefix(f"{path}: ") for p in err.value.problems]
+    expected = [
+        "sources[0].regions[0].pods: expected a whole number >= 1, got 0",
+        "sources[0].regions[1].per_minute: set exactly one of per_second, per_minute, per_hour",
+        "sources[0].regions[2].low: expected a ratio between 0 and 1, got 2",
+        "sources[0].regions[2].colour: unknown key",
+        "sources[0].operations[0].per_minute: set exactly one of per_second, per_minute,"
+        " per_hour",
+        "sources[0].regions[1].name: 'us-west' twice",
+        "sources[0].error_ratio: expected a ratio between 0 and 1, got 1.5",
+        "sources[0].latency: p95 must not be below the median",
+        "sources[0].workers: unknown key",
+        "sources[0].labels: not used with kind service (its series are the service's, not"
+        " pipemon's)",
+        "sources[1].regions: expected a non-empty list",
+        "sources[1].latency: required",
+        "events[0].service: expected one of api, mixer, mixer/eu-west, mixer/us-west, got"
+        " 'mixer/mars'",
+        "events[1].factor: required",
+        "events[2].operation: expected one of mixer/track_upload, got 'mixer/nope'",
+        "events[2].value: expected a ratio between 0 and 1, got 2",
+        "events[3].pod: pod 1 of eu-west, which has 1 pods (the first is 0)",
+        "events[4].source: no source of kind queue, storage, analysis or checks to target,"
+        " got 'mixer'",
+    ]
+    for line in expected:
+        assert line in problems, f"{line!r} not in:\n" + "\n".join(problems)
+    assert len(problems) == len(expected), "\n".join(problems)

@@ -53,6 +53,6 @@ def run_all(scenarios: list[Scenario], rules: RuleSet, jobs: int | None = None,
 
 
 def _cost(scenario: Scenario) -> float:
-    queues = sum(len(s.queues) + 1 for s in scenario.sources)
+    queues = sum(len(s.queues) + 1 + sum(r.pods for r in s.regions) for s in scenario.sources)
     runs = 2 if scenario.same_as_one_replica else 1
     return scenario.duration * (queues + 2) * scenario.replicas * runs

@@ -7,7 +7,8 @@ description: ...
 duration: 2h                    # of the history; one sample every 15 s
 seed: 11                        # the simulation is deterministic for a seed
 replicas: 1                     # pipemon replicas scraped (HA: 2)
-sources: [...]                  # kind queue | storage | analysis | checks, see docs/backtest.md;
+sources: [...]                  # kind queue | storage | analysis | checks | service, see
+                                # docs/backtest.md;
                                 # or the name of a shared pipeline in scenarios/pipelines/
 events: [...]                   # faults and noise: kind, at, for/until, target, parameters
 expect:
@@ -101,6 +102,24 @@ class QueueSpec:
 
 
 @dataclass(frozen=True)
+class RegionSpec:
+    """A region of an instrumented service: its request rate, spread evenly over its pods."""
+
+    name: str
+    arrivals: Arrivals  # the region's requests per second (day/night, idle hours)
+    pods: int = 1
+
+
+@dataclass(frozen=True)
+class OperationSpec:
+    """A business operation of a service (`app_operations_total{operation, outcome}`)."""
+
+    name: str
+    per_second: float
+    fail_ratio: float = 0.0
+
+
+@dataclass(frozen=True)
 class SourceSpec:
     name: str
     kind: str
@@ -113,6 +132,11 @@ class SourceSpec:
     success_ratio: float = 1.0
     duration: Spread | None = None
     checks: dict[str, float] = field(default_factory=dict)
+    # kind service: an instrumented HTTP service Prometheus scrapes pod by pod (not pipemon)
+    service: str = ""  # its `service` and `job` label
+    regions: tuple[RegionSpec, ...] = ()
+    error_ratio: float = 0.0  # share of requests answered 500
+    operations: tuple[OperationSpec, ...] = ()
     # the exporter's config for it: its `labels:`, and its `name` when two environments' sources
     # share one (the scenario's `name` must be unique: events target it)
     labels: tuple[tuple[str, str], ...] = ()
@@ -132,6 +156,8 @@ class Event:
     source: str = ""
     queue: str = ""
     params: dict = field(default_factory=dict)
+    region: str = ""  # service events: one region of the service ("": every region)
+    operation: str = ""  # operation_fail_ratio: the operation of the service
 
     def active(self, t: float) -> bool:
         return self.at <= t < self.until
@@ -196,6 +222,30 @@ class Scenario:
         return replace(self, replicas=replicas, same_as_one_replica=False)
 
 
+def _factor(value) -> float:
+    return _non_negative(value)
+
+
+def _share(value) -> float:
+    return _ratio(value)
+
+
+def _pod(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a pod index >= 0, got {value!r}")
+    return value
+
+
+def _none(target: str):
+    kinds = {"source": "queue, storage, analysis or checks", "queue": "queue",
+             "service": "service", "operation": "service with operations"}[target]
+
+    def parse(value):
+        raise ValueError(f"no source of kind {kinds} to target, got {value!r}")
+
+    return parse
+
+
 EVENT_KINDS = {
     # kind: (target, parameters with their parsers)
     "exporter_restart": ("", {"down": duration, "replica": int}),
@@ -213,7 +263,14 @@ EVENT_KINDS = {
     "storage_slow": ("source", {"factor": float}),
     "analysis_degraded": ("source", {"success_ratio": float}),
     "check_value": ("source", {"check": string, "value": float}),
+    # an instrumented service (kind service): `service: name` or `service: name/region`
+    "service_errors": ("service", {"value": _share}),
+    "service_slow": ("service", {"factor": _factor}),
+    "service_traffic": ("service", {"factor": _factor}),
+    "pod_restart": ("service", {"down": positive_duration, "pod": _pod}),
+    "operation_fail_ratio": ("operation", {"value": _share}),
 }
+OPTIONAL_PARAMS = ("exporter_restart", "scrape_gap", "redeploy", "pod_restart")
 
 
 def first_sentence(text: str) -> str:
@@ -246,13 +303,28 @@ def _scenario(node: Node, path: Path) -> Scenario | None:
     if isinstance(node.data.get("sources"), str):
         node.data["sources"] = _pipeline(node, node.data["sources"])
     sources = tuple(_source(n) for n in node.items("sources", required=True))
-    exported = [tuple(sorted(s.exported.items())) for s in sources]
+    pipemon = [s for s in sources if s.kind != "service"]
+    services = [s for s in sources if s.kind == "service"]
+    exported = [tuple(sorted(s.exported.items())) for s in pipemon]
     for twin in {e for e in exported if exported.count(e) > 1}:
         node.problem("sources", f"two sources export the same labels {dict(twin)}: give one a"
                                 " `labels:` of its own")
-    names = {s.name for s in sources}
-    queues = {f"{s.name}/{q.name}" for s in sources for q in s.queues}
-    events = tuple(_event(n, names, queues) for n in node.items("events", allow_empty=True))
+    all_names = [s.name for s in sources]
+    for twin in sorted({s.name for s in services if all_names.count(s.name) > 1}):
+        node.problem("sources", f"two sources are named {twin!r}: events target a name")
+    labels = [s.service for s in services]
+    for twin in sorted({v for v in labels if labels.count(v) > 1}):
+        node.problem("sources", f"two services export service={twin!r}: give one a `service:`"
+                                " of its own")
+    targets = {
+        "source": {s.name for s in pipemon},
+        "queue": {f"{s.name}/{q.name}" for s in sources for q in s.queues},
+        "service": ({s.name for s in services}
+                    | {f"{s.name}/{r.name}" for s in services for r in s.regions}),
+        "operation": {f"{s.name}/{o.name}" for s in services for o in s.operations},
+    }
+    pods = {(s.name, r.name): r.pods for s in services for r in s.regions}
+    events = tuple(_event(n, targets, pods) for n in node.items("events", allow_empty=True))
     expect = (node.child("expect", required=False)
               or Node({}, "expect", node.problems, node.base_dir))
     fire = tuple(_fire(n) for n in expect.items("fire", allow_empty=True))
@@ -291,7 +363,7 @@ def _pipeline(node: Node, pipeline: str) -> list:
 
 
 def _source(node: Node) -> SourceSpec:
-    kind = node.get("kind", one_of("queue", "storage", "analysis", "checks"))
+    kind = node.get("kind", one_of("queue", "storage", "analysis", "checks", "service"))
     labels = node.mapping("labels", label_text, {})
     for label in labels:
         problem = constant_label_problem(label)
@@ -311,10 +383,46 @@ def _source(node: Node) -> SourceSpec:
     elif kind == "analysis":
         spec = SourceSpec(**common, per_second=_rate(node), duration=_spread(node, "duration"),
                           success_ratio=node.get("success_ratio", _ratio, 1.0))
+    elif kind == "service":
+        for key in ("labels", "source_label"):
+            if node.has(key):
+                node.problem(key, "not used with kind service (its series are the service's,"
+                                  " not pipemon's)")
+        spec = _service(node, common)
     else:
         spec = SourceSpec(**common, checks=node.mapping("checks", float))
     node.finish()
     return spec
+
+
+def _service(node: Node, common: dict) -> SourceSpec:
+    """An instrumented HTTP service: regions of pods, 500s, lognormal latency, operations."""
+    regions = tuple(_region(n) for n in node.items("regions", required=True))
+    operations = tuple(_operation(n) for n in node.items("operations", allow_empty=True))
+    for key, items in (("regions", regions), ("operations", operations)):
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            if item.name and item.name in seen:
+                node.problems.append(f"{node.where(key)}[{i}].name: {item.name!r} twice")
+            seen.add(item.name)
+    return SourceSpec(**common, service=node.get("service", label_text, common["name"]) or "",
+                      regions=regions, operations=operations,
+                      error_ratio=node.get("error_ratio", _ratio, 0.0),
+                      latency=_spread(node, "latency"))
+
+
+def _region(node: Node) -> RegionSpec:
+    region = RegionSpec(name=node.get("name", name) or "", arrivals=_arrivals(node, finish=False),
+                        pods=node.get("pods", positive_int, 1) or 1)
+    node.finish()
+    return region
+
+
+def _operation(node: Node) -> OperationSpec:
+    operation = OperationSpec(name=node.get("name", name) or "", per_second=_rate(node),
+                              fail_ratio=node.get("fail_ratio", _ratio, 0.0))
+    node.finish()
+    return operation
 
 
 def _queue(node: Node) -> QueueSpec:
@@ -330,11 +438,12 @@ def _queue(node: Node) -> QueueSpec:
     return spec
 
 
-def _arrivals(node: Node) -> Arrivals:
+def _arrivals(node: Node, finish: bool = True) -> Arrivals:
     idle = node.get("idle", _windows, ())
     arrivals = Arrivals(per_second=_rate(node), low=node.get("low", _ratio, 1.0),
                         period=node.get("period", positive_duration, 0.0), idle=idle)
-    node.finish()
+    if finish:
+        node.finish()
     return arrivals
 
 
@@ -371,28 +480,42 @@ def _rate(node: Node) -> float:
     given = [k for k in ("per_second", "per_minute", "per_hour") if node.has(k)]
     if len(given) != 1:
         node.problem("per_minute", "set exactly one of per_second, per_minute, per_hour")
+        for key in given:
+            node.skip(key)
         return 0.0
     per = {"per_second": 1, "per_minute": 60, "per_hour": 3600}[given[0]]
     return node.get(given[0], _non_negative) / per
 
 
-def _event(node: Node, sources: set[str], queues: set[str]) -> Event:
+def _event(node: Node, targets: dict[str, set[str]], pods: dict[tuple[str, str], int]) -> Event:
     kind = node.get("kind", one_of(*EVENT_KINDS))
     at = node.get("at", duration)
     until = _until(node, at)
     target, params = EVENT_KINDS.get(kind, ("", {}))
-    source = queue = ""
-    if target == "source":
-        source = node.get("source", one_of(*sorted(sources)) if sources else string)
-    elif target == "queue":
-        ref = node.get("queue", one_of(*sorted(queues)) if queues else string)
-        source, _, queue = (ref or "").partition("/")
+    source = queue = region = operation = ""
+    if target:
+        choices = targets[target]
+        ref = node.get(target, one_of(*sorted(choices)) if choices else _none(target)) or ""
+        if target == "source":
+            source = ref
+        elif target == "queue":
+            source, _, queue = ref.partition("/")
+        elif target == "service":
+            source, _, region = ref.partition("/")
+        else:
+            source, _, operation = ref.partition("/")
     values = {}
     for key, parse in params.items():
-        if node.has(key) or kind not in ("exporter_restart", "scrape_gap", "redeploy"):
+        if node.has(key) or kind not in OPTIONAL_PARAMS:
             values[key] = node.get(key, parse)
+    if values.get("pod") is not None:
+        few = {r: n for (s, r), n in pods.items()
+               if s == source and region in ("", r) and values["pod"] >= n}
+        if few:
+            node.problem("pod", f"pod {values['pod']} of {', '.join(sorted(few))}, which has "
+                                f"{min(few.values())} pods (the first is 0)")
     node.finish()
-    return Event(kind, at or 0.0, until, source, queue, values)
+    return Event(kind, at or 0.0, until, source, queue, values, region, operation)
 
 
 def _until(node: Node, at: float | None) -> float:

@@ -7,6 +7,10 @@ start. Faults and noise are events that change this for a while (workers gone or
 redeploy, failures, slowness, a stuck job) or change what is observed (an exporter restart,
 missed scrapes, a source or the whole exporter down, a second replica).
 
+A `service` source is an instrumented HTTP service that Prometheus scrapes pod by pod: its
+requests, 5xx, latency histogram and business operations, drawn per pod and 15 s step from their
+distributions (never request by request), so a day at hundreds of requests a second stays cheap.
+
 The observation follows pipemon's metric contract (pipemon.metrics): gauges as of the replica's
 last poll, counters and histograms counted since that replica started (so a restart resets
 them), nothing but `up` while a scrape fails. The history is sampled every 15 s; replicas poll
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 import math
 import random
 import zlib
@@ -24,7 +29,14 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from pipemon import metrics as m
-from pipemon.backtest.scenario import Event, QueueSpec, Scenario, SourceSpec, Spread
+from pipemon.backtest.scenario import (
+    Event,
+    QueueSpec,
+    RegionSpec,
+    Scenario,
+    SourceSpec,
+    Spread,
+)
 from pipemon.backtest.series import History
 
 STEP = 15.0  # scrape and evaluation interval
@@ -413,6 +425,8 @@ def history(scenario: Scenario, wanted: set[str] | None = None) -> History:
             poll = max(0.0, t - replica.phase)
             since = replica.counting_since(poll)
             for source in scenario.sources:
+                if source.kind == "service":
+                    continue  # scraped by Prometheus itself, not through pipemon
                 source_down = [e for e in outages[source.name] if e.at <= poll]
                 down_now = any(e.active(poll) for e in source_down)
                 # While its source is down a replica reads nothing new: counters stay as
@@ -437,6 +451,9 @@ def history(scenario: Scenario, wanted: set[str] | None = None) -> History:
                 elif source.kind == "checks" and not down_now and want(m.CHECK_VALUE.name):
                     for check, value in check_values(source, events, poll).items():
                         out.values(m.CHECK_VALUE.name, **labels, check=check)[k] = value
+    services = [s for s in scenario.sources if s.kind == "service"]
+    for index, source in enumerate(services):
+        simulate_service(out, source, events, scenario.seed, index, want)
     out.mark_stale()
     return out
 
@@ -524,3 +541,322 @@ def _export_analysis(out, k, labels, snaps, read_at, since, offset, want) -> Non
     if want(name):
         _histogram(out, k, name, labels, now.durations, then.durations if then else None,
                    offset, JOB_BUCKETS)
+
+
+# --------------------------------------------------------------------------------------------
+# Instrumented services: HTTP requests, latency and business operations, pod by pod
+# --------------------------------------------------------------------------------------------
+
+SERVICE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5,
+                   2.0, 3.0, 5.0, 10.0, math.inf)
+SERVICE_CODES = ("200", "404", "500")
+NOT_FOUND_RATIO = 0.02  # answered 404: not an error, the rules must count only 5xx
+POD_DOWN = 30.0  # a restarting pod is not scraped this long (`down` of pod_restart)
+POD_PORT = 8080
+HTTP_REQUESTS = "http_requests_total"
+HTTP_DURATION = "http_request_duration_seconds"
+APP_OPERATIONS = "app_operations_total"
+_POISSON_EXACT = 50.0  # expected count up to which a Poisson draw is exact (inversion)
+_BINOMIAL_EXACT = 25.0  # the same for a binomial (above: the normal approximation)
+
+
+def _poisson(rng: random.Random, mean: float) -> int:
+    if mean <= 0:
+        return 0
+    if mean > _POISSON_EXACT:
+        return max(0, round(rng.gauss(mean, math.sqrt(mean))))
+    u, k = rng.random(), 0
+    term = cumulative = math.exp(-mean)
+    while u > cumulative and k < 1000:
+        k += 1
+        term *= mean / k
+        cumulative += term
+    return k
+
+
+def _binomial(rng: random.Random, n: int, p: float) -> int:
+    if n <= 0 or p <= 0:
+        return 0
+    if p >= 1:
+        return n
+    if p > 0.5:
+        return n - _binomial(rng, n, 1 - p)
+    mean = n * p
+    if mean > _BINOMIAL_EXACT:
+        return min(n, max(0, round(rng.gauss(mean, math.sqrt(mean * (1 - p))))))
+    u, k = rng.random(), 0
+    term = cumulative = math.exp(n * math.log1p(-p))
+    odds = p / (1 - p)
+    while u > cumulative and k < n:
+        term *= (n - k) / (k + 1) * odds
+        k += 1
+        cumulative += term
+    return k
+
+
+def _lognormal_cdf(log_bounds: tuple[float, ...], log_median: float, sigma: float) -> list[float]:
+    """P(latency <= bound) for each finite bound's logarithm."""
+    if sigma <= 0:
+        return [1.0 if b >= log_median else 0.0 for b in log_bounds]
+    scale = sigma * math.sqrt(2.0)
+    return [0.5 * (1.0 + math.erf((b - log_median) / scale)) for b in log_bounds]
+
+
+def _multinomial(rng: random.Random, n: int, masses: list[float]) -> list[int]:
+    """`n` observations over buckets of the given probabilities (the last bucket takes the
+    rest), drawn as sequential binomials."""
+    counts = [0] * (len(masses) + 1)
+    rest = 1.0
+    for i, mass in enumerate(masses):
+        if n <= 0:
+            break
+        if mass > 0:
+            drawn = _binomial(rng, n, min(1.0, mass / rest)) if rest > 0 else 0
+            counts[i] = drawn
+            n -= drawn
+        rest -= mass
+    counts[-1] += max(n, 0)
+    return counts
+
+
+@dataclass
+class _Pod:
+    region: int
+    index: int
+    instance: str
+    lives: list[tuple[float, float]]  # [start, stop) of each run of the process
+    requests: random.Random
+    latency: random.Random
+    operations: random.Random
+    life: int = -1  # the life whose counters are accumulated
+    codes: list[int] = field(default_factory=lambda: [0] * len(SERVICE_CODES))
+    buckets: list[int] = field(default_factory=lambda: [0] * len(SERVICE_BUCKETS))
+    seconds: float = 0.0
+    ops: list[int] = field(default_factory=list)  # per operation: success, failure, ...
+    series: dict = field(default_factory=dict)  # the pod's value lists in the history
+
+    def life_at(self, t: float) -> int:
+        """The index of the life running at t, -1 while the pod is down."""
+        for i, (start, stop) in enumerate(self.lives):
+            if start <= t < stop:
+                return i
+        return -1
+
+    def alive(self, a: float, b: float) -> float:
+        """Seconds of [a, b) the current life covers."""
+        start, stop = self.lives[self.life]
+        return max(0.0, min(b, stop) - max(a, start))
+
+
+def _pod_lives(spec: SourceSpec, events: list[Event]) -> dict[tuple[int, int], list]:
+    """Each pod's runs: a pod_restart takes one pod of each targeted region down for `down`
+    seconds, the next restart of that region the next pod (a rolling restart), unless `pod`
+    names one."""
+    downs: dict[tuple[int, int], list[tuple[float, float]]] = {}
+    turn = [0] * len(spec.regions)
+    for event in sorted((e for e in events if e.kind == "pod_restart"), key=lambda e: e.at):
+        for r, region in enumerate(spec.regions):
+            if event.region not in ("", region.name):
+                continue
+            pod = event.params.get("pod")
+            if pod is None:
+                pod, turn[r] = turn[r] % region.pods, turn[r] + 1
+            down = event.params.get("down") or POD_DOWN
+            downs.setdefault((r, pod), []).append((event.at, event.at + down))
+    lives = {}
+    for r, region in enumerate(spec.regions):
+        for p in range(region.pods):
+            runs, start = [], -math.inf
+            for stop, restart in sorted(downs.get((r, p), [])):
+                if stop > start:
+                    runs.append((start, stop))
+                start = max(start, restart)
+            runs.append((start, math.inf))
+            lives[(r, p)] = runs
+    return lives
+
+
+def _pieces(a: float, b: float, events: list[Event]) -> list[tuple[float, float]]:
+    """[a, b) cut where one of the events starts or ends."""
+    cuts = sorted({a, b} | {x for e in events for x in (e.at, e.until) if a < x < b})
+    return list(itertools.pairwise(cuts))
+
+
+@dataclass
+class _Interval:
+    """A region's traffic over one scrape interval: what its pods share."""
+
+    requests: float  # expected requests of the whole region
+    error_ratio: float
+    masses: list[float]  # probability of each finite latency bucket (not cumulative)
+    mean: float  # mean latency, seconds
+    variance: float
+
+
+def _region_interval(spec: SourceSpec, region: RegionSpec, events: list[Event], a: float,
+                     b: float, log_bounds: tuple[float, ...], cache: dict) -> _Interval:
+    latency = spec.latency
+    sigma = latency.sigma
+    weights, errors, slows = [], [], []
+    for x, y in _pieces(a, b, events):
+        mid = (x + y) / 2
+        active = [e for e in events if e.active(mid)]
+        rate = region.arrivals.rate(max(mid, 0.0))
+        slow = 1.0
+        error = spec.error_ratio
+        for event in active:
+            if event.kind == "service_traffic":
+                rate *= event.params["factor"]
+            elif event.kind == "service_slow":
+                slow *= event.params["factor"]
+            elif event.kind == "service_errors":
+                error = event.params["value"]
+        weights.append(rate * (y - x))
+        errors.append(error)
+        slows.append(slow)
+    total = sum(weights)
+    if total <= 0:
+        return _Interval(0.0, 0.0, [], 0.0, 0.0)
+    shares = [w / total for w in weights]
+    error = sum(s * e for s, e in zip(shares, errors, strict=True))
+    cdf = [0.0] * len(log_bounds)
+    mean = second = 0.0
+    for share, slow in zip(shares, slows, strict=True):
+        if share <= 0:
+            continue
+        if slow not in cache:
+            median = latency.median * slow
+            cache[slow] = (_lognormal_cdf(log_bounds, math.log(median), sigma),
+                           median * math.exp(sigma ** 2 / 2),
+                           median ** 2 * math.exp(2 * sigma ** 2))
+        part, part_mean, part_second = cache[slow]
+        cdf = [c + share * v for c, v in zip(cdf, part, strict=True)]
+        mean += share * part_mean
+        second += share * part_second
+    masses = [hi - lo for lo, hi in zip([0.0, *cdf], cdf, strict=False)]
+    return _Interval(total, error, masses, mean, max(0.0, second - mean ** 2))
+
+
+def simulate_service(out: History, spec: SourceSpec, events: list[Event], seed: int, index: int,
+                     want) -> None:
+    """Write the service's series into `out`: per pod, requests by code, the latency histogram
+    and the operations, counted since the pod (re)started, every 15 s; nothing while a pod
+    restarts. A region's requests are shared by the pods running at the time."""
+    wanted = {name: want(name) for name in (
+        HTTP_REQUESTS, HTTP_DURATION + "_bucket", HTTP_DURATION + "_count",
+        HTTP_DURATION + "_sum", APP_OPERATIONS, "up")}
+    if not any(wanted.values()):
+        return
+    mine = [e for e in events if e.source == spec.name]
+    lives = _pod_lives(spec, mine)
+    pods: list[list[_Pod]] = []
+    for r, region in enumerate(spec.regions):
+        pods.append([])
+        for p in range(region.pods):
+            names = (str(seed), spec.name, region.name, str(p))
+            pod = _Pod(r, p, f"10.{index + 1}.{r}.{p + 10}:{POD_PORT}", lives[(r, p)],
+                       _rng(*names, "requests"), _rng(*names, "latency"),
+                       _rng(*names, "operations"))
+            pod.series = _pod_series(out, spec, region, pod, wanted)
+            pods[-1].append(pod)
+    everyone = [pod for region in pods for pod in region]
+    region_events = [[e for e in mine if e.kind.startswith("service_")
+                      and e.region in ("", region.name)] for region in spec.regions]
+    operation_events = [[e for e in mine if e.kind == "operation_fail_ratio"
+                         and e.operation == op.name] for op in spec.operations]
+    log_bounds = tuple(math.log(b) for b in SERVICE_BUCKETS[:-1])
+    caches: list[dict] = [{} for _ in spec.regions]
+    latency_wanted = any(wanted[HTTP_DURATION + s] for s in ("_bucket", "_count", "_sum"))
+
+    first = -round(WARMUP / STEP)
+    for k in range(first, out.steps):
+        t = k * STEP
+        a = t - STEP
+        mid = t - STEP / 2
+        for pod in everyone:
+            life = pod.life_at(t)
+            if life != pod.life:  # (re)started: counters from zero
+                pod.life = life
+                pod.codes = [0] * len(SERVICE_CODES)
+                pod.buckets = [0] * len(SERVICE_BUCKETS)
+                pod.seconds = 0.0
+                pod.ops = [0] * (2 * len(spec.operations))
+        # Requests, region by region, shared by the pods running in the middle of the interval.
+        for r, region in enumerate(spec.regions):
+            interval = _region_interval(spec, region, region_events[r], a, t, log_bounds,
+                                        caches[r])
+            running = sum(1 for pod in pods[r] if pod.life_at(mid) >= 0) or 1
+            for pod in pods[r]:
+                if pod.life < 0:
+                    continue
+                n = _poisson(pod.requests,
+                             interval.requests * pod.alive(a, t) / STEP / running)
+                errors = _binomial(pod.requests, n, interval.error_ratio)
+                missing = _binomial(pod.requests, n - errors, NOT_FOUND_RATIO)
+                pod.codes[0] += n - errors - missing
+                pod.codes[1] += missing
+                pod.codes[2] += errors
+                if latency_wanted and n:
+                    for i, c in enumerate(_multinomial(pod.latency, n, interval.masses)):
+                        pod.buckets[i] += c
+                    noise = pod.latency.gauss(0.0, math.sqrt(n * interval.variance))
+                    pod.seconds += max(0.0, n * interval.mean + noise)
+        # Operations, shared by every running pod of the service.
+        running = sum(1 for pod in everyone if pod.life_at(mid) >= 0) or 1
+        for o, operation in enumerate(spec.operations):
+            fail = 0.0
+            for x, y in _pieces(a, t, operation_events[o]):
+                active = [e for e in operation_events[o] if e.active((x + y) / 2)]
+                ratio = active[-1].params["value"] if active else operation.fail_ratio
+                fail += ratio * (y - x) / STEP
+            for pod in everyone:
+                if pod.life < 0:
+                    continue
+                n = _poisson(pod.operations,
+                             operation.per_second * pod.alive(a, t) / running)
+                failed = _binomial(pod.operations, n, fail)
+                pod.ops[2 * o] += n - failed
+                pod.ops[2 * o + 1] += failed
+        if k >= 0:
+            for pod in everyone:
+                _record(pod, k)
+
+
+def _pod_series(out: History, spec: SourceSpec, region: RegionSpec, pod: _Pod,
+                wanted: dict[str, bool]) -> dict:
+    base = {"job": spec.service, "instance": pod.instance, "service": spec.service}
+    series: dict = {}
+    if wanted["up"]:
+        series["up"] = out.values("up", job=spec.service, instance=pod.instance)
+    if wanted[HTTP_REQUESTS]:
+        series["codes"] = [out.values(HTTP_REQUESTS, **base, region=region.name, code=code)
+                           for code in SERVICE_CODES]
+    if wanted[HTTP_DURATION + "_bucket"]:
+        series["buckets"] = [out.values(HTTP_DURATION + "_bucket", **base, region=region.name,
+                                        le=le) for le in _le(SERVICE_BUCKETS)]
+    for part in ("_count", "_sum"):
+        if wanted[HTTP_DURATION + part]:
+            series[part] = out.values(HTTP_DURATION + part, **base, region=region.name)
+    if wanted[APP_OPERATIONS]:
+        series["ops"] = [out.values(APP_OPERATIONS, **base, operation=op.name, outcome=outcome)
+                         for op in spec.operations for outcome in ("success", "failure")]
+    return series
+
+
+def _record(pod: _Pod, k: int) -> None:
+    series = pod.series
+    if "up" in series:
+        series["up"][k] = 0.0 if pod.life < 0 else 1.0
+    if pod.life < 0:
+        return  # not scraped: its series go stale
+    for values, value in zip(series.get("codes", ()), pod.codes, strict=False):
+        values[k] = value
+    for values, value in zip(series.get("buckets", ()), _cumulative(pod.buckets),
+                             strict=False):
+        values[k] = value
+    if "_count" in series:
+        series["_count"][k] = sum(pod.codes)
+    if "_sum" in series:
+        series["_sum"][k] = round(pod.seconds, 3)
+    for values, value in zip(series.get("ops", ()), pod.ops, strict=False):
+        values[k] = value
