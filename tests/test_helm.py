@@ -381,7 +381,8 @@ def test_promtool_checks_the_rendered_rules(default, tmp_path):
 
 
 def test_rules_can_be_left_out(chart):
-    rendered = render(chart, merged(BASE, {"prometheusRule": {"exclude": ["infra-alerts.yaml"]}}))
+    rendered = render(chart, merged(BASE, {"prometheusRule": {"exclude": [
+        "infra-alerts.yaml", "kubernetes-alerts.yaml", "service-alerts.yaml"]}}))
     assert sorted(rule_sources(rendered)) == ["rules/pipemon-alerts.yaml",
                                               "rules/pipemon-recording.yaml"]
     assert not render(chart, merged(BASE, {"prometheusRule": {"enabled": False}})).of(
