@@ -222,12 +222,18 @@ class Scenario:
         return replace(self, replicas=replicas, same_as_one_replica=False)
 
 
-def _factor(value) -> float:
-    return _non_negative(value)
+# Number parsers; above the table of events, which uses them at import time.
+def _non_negative(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"expected a number >= 0, got {value!r}")
+    return float(value)
 
 
-def _share(value) -> float:
-    return _ratio(value)
+def _ratio(value) -> float:
+    number = _non_negative(value)
+    if number > 1:
+        raise ValueError(f"expected a ratio between 0 and 1, got {value!r}")
+    return number
 
 
 def _pod(value) -> int:
@@ -264,11 +270,11 @@ EVENT_KINDS = {
     "analysis_degraded": ("source", {"success_ratio": float}),
     "check_value": ("source", {"check": string, "value": float}),
     # an instrumented service (kind service): `service: name` or `service: name/region`
-    "service_errors": ("service", {"value": _share}),
-    "service_slow": ("service", {"factor": _factor}),
-    "service_traffic": ("service", {"factor": _factor}),
+    "service_errors": ("service", {"value": _ratio}),
+    "service_slow": ("service", {"factor": _non_negative}),
+    "service_traffic": ("service", {"factor": _non_negative}),
     "pod_restart": ("service", {"down": positive_duration, "pod": _pod}),
-    "operation_fail_ratio": ("operation", {"value": _share}),
+    "operation_fail_ratio": ("operation", {"value": _ratio}),
 }
 OPTIONAL_PARAMS = ("exporter_restart", "scrape_gap", "redeploy", "pod_restart")
 
@@ -558,19 +564,6 @@ def _match(node: Node, default_severities) -> Match:
         severities = node.get("severity", _severities, default_severities)
     labels = node.mapping("labels", str, {})
     return Match(severities, node.get("alert", string, ""), tuple(sorted(labels.items())))
-
-
-def _non_negative(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"expected a number >= 0, got {value!r}")
-    return float(value)
-
-
-def _ratio(value) -> float:
-    number = _non_negative(value)
-    if number > 1:
-        raise ValueError(f"expected a ratio between 0 and 1, got {value!r}")
-    return number
 
 
 def _count(value) -> int:
