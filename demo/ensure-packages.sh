@@ -11,6 +11,8 @@
 #   prometheus-alertmanager  prometheus-alertmanager, amtool                        test demo
 #   postgresql               initdb, pg_ctl (throwaway clusters)                    test demo
 #   prometheus-node-exporter the worker panels' machine metrics (dashboard test)     test
+#   prometheus-blackbox-exporter  the endpoint probes (blackbox and dashboard tests)   test
+#   prometheus-postgres-exporter  the database panels (platform dashboard test)         test
 #   nodejs, npm              node, npm: the real pg-boss and graphile-worker        test
 #                            (only when missing: a node 20+ from elsewhere is used as it is)
 #
@@ -47,6 +49,8 @@ for target in "$@"; do
     if [ "$target" = test ]; then
         need amtool prometheus-alertmanager
         need prometheus-node-exporter prometheus-node-exporter
+        need prometheus-blackbox-exporter prometheus-blackbox-exporter
+        need prometheus-postgres-exporter prometheus-postgres-exporter
         need node nodejs npm
         need npm npm
     fi

@@ -8,7 +8,9 @@ Every second (`TICK`) the pipeline, in one thread of its own:
   - runs the jobs on a pool of workers per queue (`waiting` -> `running` -> `succeeded`),
     autoscaled with the backlog, at a realistic pace: a separation takes 6-14 s and uploads
     four stems to `stems/<track>/<stem>.wav`; an analysis takes 2-5 s and writes its result
-    into `audio_events_cache` (a timeline, the processing time);
+    into `audio_events_cache` (a timeline, the processing time, and the track's peak level and
+    integrated loudness: about -14 LUFS, peaks mostly -6 to -2 dBFS, one hot master in 50
+    peaking near full scale);
   - fails a few jobs on purpose, deterministically (no flaky demo): every 80th separation and
     every 150th analysis (whose result has no timeline), and cancels every 60th separation
     while it waits (the user deleted the track).
@@ -54,6 +56,11 @@ CANCEL_EVERY = 60  # separations cancelled while they wait
 MAX_ATTEMPTS = 8
 STEM_NAMES = ("vocals", "drums", "bass", "other")
 SPOOL_RETRIES_PER_TICK = 5
+# Audio levels of a successful analysis (as the backtest simulates them, pipemon.backtest.simulate):
+# loudness around the -14 LUFS target, a peak 9.5 dB above it, a hot master now and then.
+LOUDNESS_LUFS = (-14.0, 1.2)
+PEAK_ABOVE_LOUDNESS = (9.5, 0.8)
+HOT_MASTERS = 0.02
 
 # The integrity tables' starting content: every audio post has its track, every playlist entry
 # points at a track that exists.
@@ -100,6 +107,7 @@ class Pipeline:
         self.s3 = s3_client(s3_endpoint)
         self.bucket = bucket
         self.rng = random.Random(seed)
+        self.audio_rng = random.Random(seed + 1)  # levels do not move the other draws
         self.lock = threading.Lock()
         self.workers = dict(WORKERS)
         self.running: dict[int, Running] = {}
@@ -191,8 +199,10 @@ class Pipeline:
                       FROM t
                       RETURNING (payload->>'track_id')::bigint AS track_id
                     )
-                    INSERT INTO audio_events_cache (track_id, timeline, processing_ms)
-                    SELECT track_id, '[{"t": 0.0, "event": "onset"}]', 1800 + track_id %% 900
+                    INSERT INTO audio_events_cache (track_id, timeline, processing_ms, peak_dbfs,
+                                                    loudness_lufs)
+                    SELECT track_id, '[{"t": 0.0, "event": "onset"}]', 1800 + track_id %% 900,
+                           -4.5 - (track_id %% 4) * 0.5, -14.5 + (track_id %% 3) * 0.5
                     FROM j
                     """, {"n": count, "queue": ANALYSIS})
             self.finished[(ANALYSIS, "succeeded")] += count
@@ -328,15 +338,25 @@ class Pipeline:
                           " WHERE id = %s", (outcome, _error_of(job, outcome), job.id))
         self.finished[(job.queue, outcome)] += 1
         if job.queue == ANALYSIS and not job.poison:
-            # the analysis result; a failed analysis leaves a row without a timeline
-            timeline = None
+            # the analysis result; a failed analysis leaves a row without a timeline or levels
+            timeline = peak = loudness = None
             if outcome == "succeeded":
                 timeline = Jsonb([{"t": round(self.rng.uniform(0, 180), 2), "event": event}
                                   for event in ("onset", "drop", "chorus")])
+                peak, loudness = self._levels()
             processing_ms = int((job.finish_at - job.started) * 1000)
             self.conn.execute("INSERT INTO audio_events_cache (track_id, timeline,"
-                              " processing_ms) VALUES (%s, %s, %s)",
-                              (job.track, timeline, processing_ms))
+                              " processing_ms, peak_dbfs, loudness_lufs)"
+                              " VALUES (%s, %s, %s, %s, %s)",
+                              (job.track, timeline, processing_ms, peak, loudness))
+
+    def _levels(self) -> tuple[float, float]:
+        """(peak dBFS, integrated loudness LUFS) of an analysed track."""
+        loudness = self.audio_rng.gauss(*LOUDNESS_LUFS)
+        peak = loudness + self.audio_rng.gauss(*PEAK_ABOVE_LOUDNESS)
+        if self.audio_rng.random() < HOT_MASTERS:
+            peak = self.audio_rng.uniform(-1.0, 0.0)
+        return round(min(peak, 0.0), 2), round(loudness, 2)
 
     def _pick(self, queue: str, now: float) -> None:
         busy = sum(1 for job in self.running.values() if job.queue == queue)

@@ -25,8 +25,8 @@ INSERT INTO jobs (queue, status, created_at, run_at, started_at, finished_at) VA
    now() - interval '1 hour 50 minutes', NULL),
   ('audio-analysis',  'succeeded', now() - interval '10 minutes', now() - interval '10 minutes',
    now() - interval '9 minutes', now() - interval '8 minutes');
-INSERT INTO audio_events_cache (track_id, timeline, processing_ms)
-  VALUES (1, '[]', 1800), (2, NULL, 900);
+INSERT INTO audio_events_cache (track_id, timeline, processing_ms, peak_dbfs, loudness_lufs)
+  VALUES (1, '[]', 1800, -4.2, -14.1), (2, NULL, 900, NULL, NULL);
 """
 
 

@@ -31,6 +31,10 @@ CREATE TABLE IF NOT EXISTS audio_events_cache (
     track_id      bigint      NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT now(),
     timeline      jsonb,
-    processing_ms integer
+    processing_ms integer,
+    peak_dbfs     double precision,  -- the track's peak level (dBFS): peak_dbfs
+    loudness_lufs double precision   -- its integrated loudness (LUFS): loudness_lufs
 );
+ALTER TABLE audio_events_cache ADD COLUMN IF NOT EXISTS peak_dbfs double precision;
+ALTER TABLE audio_events_cache ADD COLUMN IF NOT EXISTS loudness_lufs double precision;
 CREATE INDEX IF NOT EXISTS audio_events_cache_created_at_idx ON audio_events_cache (created_at, id);

@@ -28,6 +28,7 @@ from grafana_foundation_sdk.models import prometheus as pm
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "rules" / "pipemon-recording.yaml"
+SERVICE_RULES = ROOT / "rules" / "service-alerts.yaml"
 RUNBOOKS = "https://github.com/pipemon/pipemon/blob/main/docs/runbooks/"
 TAG = "pipemon"
 
@@ -40,35 +41,49 @@ UID_STORAGE = "pipemon-storage"
 UID_INTEGRITY = "pipemon-integrity"
 UID_SELF = "pipemon-self"
 UID_INCIDENTS = "pipemon-incidents"
+# The application and its platform (rules/service-alerts.yaml, infra-alerts.yaml,
+# kubernetes-alerts.yaml, the analysis source's audio quality).
+UID_SERVICE = "pipemon-service"
+UID_REGIONS = "pipemon-regions"
+UID_AUDIO = "pipemon-audio"
+UID_SYSTEM = "pipemon-system-health"
+UID_ERRORS = "pipemon-errors"
+UID_MIGRATION = "pipemon-migration"
 
 GREEN, YELLOW, ORANGE, RED, BLUE = "green", "yellow", "orange", "red", "blue"
 
 
 # --- thresholds, read from the rule bundle ------------------------------------------------------
 
-def _thresholds() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    groups = yaml.safe_load(RULES.read_text())["groups"]
-    [group] = [g for g in groups if g["name"] == "pipemon-thresholds"]
+def _constants(path: Path, group_name: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(record, labels) -> value of every constant series (`vector(N)`) of a rule group."""
+    groups = yaml.safe_load(path.read_text())["groups"]
+    [group] = [g for g in groups if g["name"] == group_name]
     found = {}
     for rule in group["rules"]:
         expr = rule["expr"].strip()
         if not (expr.startswith("vector(") and expr.endswith(")")):
-            continue
-        if not (rule["record"].startswith("pipemon_alert:")
-                or rule["record"] == "pipemon_slo:objective:ratio"):
             continue
         labels = tuple(sorted((rule.get("labels") or {}).items()))
         found[(rule["record"], labels)] = float(expr[len("vector("):-1])
     return found
 
 
-THRESHOLDS = _thresholds()
+THRESHOLDS = _constants(RULES, "pipemon-thresholds")
+SERVICE_THRESHOLDS = _constants(SERVICE_RULES, "pipemon-service-thresholds")
 
 
 def threshold(name: str, **labels: str) -> float:
     """The value of a constant series of the rule bundle, e.g. threshold("queue_stuck_jobs")."""
     record = name if ":" in name else f"pipemon_alert:{name}:threshold"
     return THRESHOLDS[(record, tuple(sorted(labels.items())))]
+
+
+def service_threshold(name: str, **labels: str) -> float:
+    """A default (no `service` label) of rules/service-alerts.yaml, e.g.
+    service_threshold("error_ratio", severity="critical")."""
+    record = name if ":" in name else f"service_alert:{name}:threshold"
+    return SERVICE_THRESHOLDS[(record, tuple(sorted(labels.items())))]
 
 
 def steps(base: str = GREEN, *levels: tuple[float, str]) -> db.ThresholdsConfig:
@@ -147,10 +162,11 @@ def datasource_variable() -> db.DatasourceVariable:
 
 
 def label_variable(name: str, label: str, metric: str, *, selector: str = "",
-                   description: str = "") -> db.QueryVariable:
-    """A multi-value variable of the values of `name` on `metric` (All by default)."""
+                   description: str = "", of: str | None = None) -> db.QueryVariable:
+    """A multi-value variable of the values of the label `of` (default: `name`) on `metric`
+    (All by default)."""
     series = f"{metric}{{{selector}}}" if selector else metric
-    expr = f"label_values({series}, {name})"
+    expr = f"label_values({series}, {of or name})"
     return (db.QueryVariable(name).label(label).description(description)
             .query({"query": expr, "refId": "PrometheusVariableQueryEditor-VariableQuery",
                     "qryType": 1})
@@ -259,6 +275,15 @@ def prop(name: str, value) -> dm.DynamicConfigValue:
     return dm.DynamicConfigValue(id_val=name, value=value)
 
 
+def dashed_thresholds(panel):
+    """A time series panel whose threshold series (legend "... threshold") are dashed red
+    lines, not data."""
+    return panel.override_by_regexp(".*threshold", [
+        prop("custom.lineStyle", {"fill": "dash", "dash": [10, 10]}),
+        prop("custom.fillOpacity", 0),
+        prop("color", {"mode": "fixed", "fixedColor": RED})])
+
+
 def colored_cell(unit: str, thresholds: db.ThresholdsConfig) -> list[dm.DynamicConfigValue]:
     return [prop("unit", unit), prop("thresholds", thresholds.build()),
             prop("custom.cellOptions", {"type": "color-background", "mode": "basic"})]
@@ -302,11 +327,11 @@ class Grid:
 
 def dashboard(uid: str, title: str, description: str, grid: Grid, variables: Sequence,
               annotation_selector: str, *, time_from: str = "now-6h",
-              tags: Sequence[str] = ()) -> dict:
+              tags: Sequence[str] = (), refresh: str = "1m") -> dict:
     """The dashboard as the dict Grafana's provisioning reads."""
     builder = (db.Dashboard(title).uid(uid).description(description).tags([TAG, *tags])
                .editable().tooltip(dm.DashboardCursorSync.CROSSHAIR).time(time_from, "now")
-               .timezone("browser").refresh("1m").links(dashboard_links())
+               .timezone("browser").refresh(refresh).links(dashboard_links())
                .variables([datasource_variable(), *variables]))
     for item in grid.items:
         # Grid has set every position: add them as they are (the SDK's own placement is skipped

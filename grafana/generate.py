@@ -16,12 +16,26 @@ import json
 import sys
 from pathlib import Path
 
-from grafana import incidents, integrity, overview, queue, self_monitoring, storage
+from grafana import (
+    audio,
+    errors,
+    incidents,
+    integrity,
+    migration,
+    overview,
+    queue,
+    regions,
+    self_monitoring,
+    service,
+    storage,
+    system_health,
+)
 from grafana.labels import with_labels
 from pipemon.metrics import constant_label_problem
 
 OUT = Path(__file__).resolve().parent / "dashboards"
-MODULES = (overview, queue, storage, integrity, self_monitoring, incidents)
+MODULES = (overview, queue, storage, integrity, self_monitoring, incidents, service, regions,
+           errors, system_health, migration, audio)
 
 
 def build_all(labels: list[str] = ()) -> dict[str, dict]:

@@ -15,6 +15,7 @@ from grafana.common import (
     above,
     colored_cell,
     dashboard,
+    dashed_thresholds,
     label_variable,
     prop,
     query,
@@ -68,11 +69,8 @@ def build() -> dict:
          query('pipemon_alert:check_value:threshold{check=~"$check"}',
                "{{severity}} threshold")],
         links=[runbook("PipemonCheckAboveThreshold")])
-    check_panel = (check_panel.repeat("check").repeat_direction("h").max_per_row(2)
-                   .override_by_regexp(".*threshold", [
-                       prop("custom.lineStyle", {"fill": "dash", "dash": [10, 10]}),
-                       prop("custom.fillOpacity", 0),
-                       prop("color", {"mode": "fixed", "fixedColor": RED})]))
+    check_panel = dashed_thresholds(
+        check_panel.repeat("check").repeat_direction("h").max_per_row(2))
     g.row("Values over time (one panel per check)")
     g.add(check_panel, 12, 8)
 

@@ -1,6 +1,6 @@
 """Real processes on loopback: the base runner (`Process`), the pipemon exporter
-(`Exporter`, `pipemon serve`) and Debian's node_exporter (`NodeExporter`); Prometheus and
-Alertmanager are in testkit.prometheus.
+(`Exporter`, `pipemon serve`), Debian's node_exporter (`NodeExporter`) and blackbox_exporter
+(`BlackboxExporter`); Prometheus and Alertmanager are in testkit.prometheus.
 
 Each listens on 127.0.0.1 on a free port, keeps its config, data and log in its work dir, is
 waited for with a deadline, and is stopped by `stop()` (the test fixtures call it).
@@ -13,10 +13,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import yaml
+from psycopg.conninfo import make_conninfo
 
+from testkit import ROOT
 from testkit.net import GaveUp, free_port, http_get, wait_until
 
 
@@ -135,15 +138,77 @@ def migrate_relay(config_path: Path) -> None:
 
 
 class NodeExporter(Process):
-    """Debian's prometheus-node-exporter with the collectors the worker panels read (CPU,
-    memory, filesystems)."""
+    """Debian's prometheus-node-exporter with the collectors the dashboards read (CPU, load,
+    memory, filesystems, network)."""
 
     name = "node_exporter"
 
     def start(self, timeout: float = 30) -> NodeExporter:
         binary = require("prometheus-node-exporter", "prometheus-node-exporter")
         self._spawn([binary, f"--web.listen-address=127.0.0.1:{self.port}",
-                     "--collector.disable-defaults", "--collector.cpu", "--collector.meminfo",
-                     "--collector.filesystem", "--log.level=warn"])
+                     "--collector.disable-defaults", "--collector.cpu", "--collector.loadavg",
+                     "--collector.meminfo", "--collector.filesystem", "--collector.netdev",
+                     "--log.level=warn"])
         self.wait_ready("/metrics", timeout)
         return self
+
+
+class PostgresExporter(Process):
+    """Debian's prometheus-postgres-exporter (0.11) on `dsn`, with its default collectors
+    (pg_up, pg_stat_activity, pg_stat_database, pg_settings, database sizes)."""
+
+    name = "postgres_exporter"
+
+    def __init__(self, workdir: Path, dsn: str):
+        super().__init__(workdir)
+        # lib/pq (Go) asks for TLS unless told otherwise; the local server has none
+        self.dsn = make_conninfo(dsn, sslmode="disable")
+
+    def start(self, timeout: float = 30) -> PostgresExporter:
+        binary = require("prometheus-postgres-exporter", "prometheus-postgres-exporter")
+        # the DSN goes through the environment, as the exporter documents (not argv, not logs)
+        self._spawn([binary, f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+                    env={**os.environ, "DATA_SOURCE_NAME": self.dsn})
+        self.wait_ready("/metrics", timeout)
+        return self
+
+
+class ServiceApp(Process):
+    """testkit/service_app.py: an instrumented HTTP service (the RED rules' metrics)."""
+
+    name = "service_app"
+
+    def __init__(self, workdir: Path, service: str, *args: str):
+        super().__init__(workdir)
+        self.argv = ["--service", service, *args]
+
+    def start(self, timeout: float = 30) -> ServiceApp:
+        root = str(Path(__file__).resolve().parent.parent)
+        self._spawn([sys.executable, "-m", "testkit.service_app", "--port", str(self.port),
+                     *self.argv], env={**os.environ, "PYTHONPATH": root})
+        self.wait_ready("/metrics", timeout)
+        return self
+
+
+class BlackboxExporter(Process):
+    """Debian's prometheus-blackbox-exporter with a module file (default: the shipped
+    examples/blackbox.yml). Prometheus probes through it: GET /probe?module=...&target=<url>;
+    `target` (host:port) is what the scrape job's relabeling puts in `__address__`."""
+
+    name = "blackbox_exporter"
+
+    def __init__(self, workdir: Path, config_file: Path | None = None):
+        super().__init__(workdir)
+        self.config_file = Path(config_file or ROOT / "examples" / "blackbox.yml")
+
+    def start(self, timeout: float = 30) -> BlackboxExporter:
+        binary = require("prometheus-blackbox-exporter", "prometheus-blackbox-exporter")
+        self._spawn([binary, f"--config.file={self.config_file}",
+                     f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"])
+        self.wait_ready("/-/healthy", timeout)
+        return self
+
+    def probe(self, target: str, module: str = "http_2xx") -> str:
+        """The exposition of one probe, as Prometheus would scrape it."""
+        query = urllib.parse.urlencode({"module": module, "target": target})
+        return http_get(f"{self.url}/probe?{query}", timeout=15)[1]

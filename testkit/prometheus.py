@@ -50,15 +50,18 @@ class Prometheus(Process):
 
     def __init__(self, workdir: Path, targets: list[str], rule_files: list[Path] = (),
                  interval: str = "1s", alertmanagers: list[str] = (), job: str = "pipemon",
-                 other_jobs: dict[str, dict] = ()):
-        """`other_jobs`: more scrape jobs, name -> a static_configs entry (targets, labels)."""
+                 other_jobs: dict[str, dict] = (), scrape_configs: list[dict] = ()):
+        """`other_jobs`: more scrape jobs, name -> a static_configs entry (targets, labels);
+        `scrape_configs`: more jobs as Prometheus's own scrape_config entries (a blackbox
+        job's params and relabelling)."""
         super().__init__(workdir)
         config = {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
             "rule_files": [str(Path(f).resolve()) for f in rule_files],
             "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]},
                                *({"job_name": name, "static_configs": [static]}
-                                 for name, static in dict(other_jobs).items())],
+                                 for name, static in dict(other_jobs).items()),
+                               *scrape_configs],
         }
         if alertmanagers:
             config["alerting"] = {"alertmanagers": [

@@ -225,6 +225,65 @@ def test_two_replicas_poll_apart_and_count_from_other_starts(tmp_path):
     assert min(offsets) > 900 and len(offsets) > 1, "same counts at the same instants"
 
 
+AUDIO = """
+name: audio
+category: healthy
+description: Audio levels of analysis results.
+duration: 2h
+seed: 5
+sources:
+  - {{name: analysis, kind: analysis, per_minute: 10, success_ratio: 0.9,
+     duration: {{median: 4s, p95: 20s}}}}
+events:
+{events}
+"""
+
+
+def test_analysis_audio_levels_are_realistic_and_follow_their_events(tmp_path):
+    """Successful results only; healthy: about one track in six peaks above -3 dBFS and the
+    median loudness is the -14 LUFS target; audio_clipping and loudness_shift change the
+    levels, not the results or their durations."""
+    events = ("  - {kind: audio_clipping, source: analysis, at: 1h, for: 20m, share: 1}\n"
+              "  - {kind: loudness_shift, source: analysis, at: 1h30m, lu: -9}")
+    history = simulate.history(scenario.load(write_scenario(
+        tmp_path, AUDIO.format(events=events))))
+
+    def count(name, start, end, **labels):
+        return increase(history, name, start, end, source="analysis", **labels)
+
+    hour = 3600.0
+    ok = count("pipemon_analysis_results_total", 0, hour, outcome="succeeded")
+    assert 480 < ok < 600, ok
+    for name in ("pipemon_analysis_peak_dbfs", "pipemon_analysis_loudness_lufs"):
+        assert count(name + "_count", 0, hour) == ok, "one level per successful result"
+        assert count(name + "_bucket", 0, hour, le="+Inf") == ok
+    clipped = count("pipemon_analysis_clipped_total", 0, hour)
+    assert 0.10 < clipped / ok < 0.25, clipped / ok
+    above = ok - count("pipemon_analysis_peak_dbfs_bucket", 0, hour, le="-3.0")
+    assert above == clipped, "clipping is a peak above -3 dBFS, the bucket bound"
+    assert count("pipemon_analysis_peak_dbfs_bucket", 0, hour, le="0.0") == ok
+    median = count("pipemon_analysis_loudness_lufs_bucket", 0, hour, le="-14.0") / ok
+    assert 0.42 < median < 0.58, median
+    off = (count("pipemon_analysis_loudness_lufs_bucket", 0, hour, le="-16.0")
+           + ok - count("pipemon_analysis_loudness_lufs_bucket", 0, hour, le="-12.0"))
+    assert off / ok < 0.15, off / ok
+    # a limiter regression: every track clips; its loudness does not move
+    hot = count("pipemon_analysis_peak_dbfs_count", hour, hour + 1200)
+    assert count("pipemon_analysis_clipped_total", hour, hour + 1200) == hot
+    median = count("pipemon_analysis_loudness_lufs_bucket", hour, hour + 1200,
+                   le="-14.0") / hot
+    assert 0.35 < median < 0.65, median
+    # normalised to -23 LUFS: the tracks are quiet, and none clips
+    late = count("pipemon_analysis_loudness_lufs_count", 5700, 7200)
+    assert count("pipemon_analysis_loudness_lufs_bucket", 5700, 7200, le="-20.0") > 0.95 * late
+    assert count("pipemon_analysis_clipped_total", 5700, 7200) < 0.05 * late
+    # the audio draws change neither the results nor their durations
+    calm = simulate.history(scenario.load(write_scenario(tmp_path, AUDIO.format(events="  []"))))
+    for name in ("pipemon_analysis_results_total", "pipemon_analysis_duration_seconds_bucket"):
+        assert [v for k, v in history if dict(k)["__name__"] == name] == \
+            [v for k, v in calm if dict(k)["__name__"] == name]
+
+
 # --- promtool round trip ----------------------------------------------------------------------
 
 
@@ -653,3 +712,115 @@ events:
     for line in expected:
         assert line in problems, f"{line!r} not in:\n" + "\n".join(problems)
     assert len(problems) == len(expected), "\n".join(problems)
+
+
+# --- probed endpoints (kind endpoint) ---------------------------------------------------------
+
+ENDPOINTS = """
+name: probes
+category: noise
+duration: 2h
+seed: 7
+sources:
+  - name: probes
+    kind: endpoint
+    regions:
+      - {{name: us-west, urls: [https://us-west.example/health]}}
+      - {{name: eu-west, urls: [https://eu-west.example/health, https://eu-west-2.example/health]}}
+    fail_ratio: 0.01
+    latency: {{median: 40ms, p95: 60ms}}
+events:
+{events}
+"""
+
+
+def endpoints(tmp_path, events: str = "  []", wanted: set[str] | None = None) -> History:
+    path = write_scenario(tmp_path, ENDPOINTS.format(events=events))
+    return simulate.history(scenario.load(path), wanted)
+
+
+def share(values: list, start: float, end: float) -> float:
+    """Mean of the samples in [start, end)."""
+    window = values[int(start // 15):int(end // 15)]
+    return sum(window) / len(window)
+
+
+def test_endpoints_are_probed_every_step_with_rare_failures_and_jitter(tmp_path):
+    history = endpoints(tmp_path)
+    names = {dict(k)["__name__"] for k, _ in history if dict(k)["job"] != "pipemon"}
+    assert names == {"probe_success", "probe_duration_seconds"}, names
+    keys = [dict(k) for k, _ in history if dict(k)["__name__"] == "probe_success"]
+    assert sorted((k["region"], k["instance"]) for k in keys) == [
+        ("eu-west", "https://eu-west-2.example/health"), ("eu-west", "https://eu-west.example/health"),
+        ("us-west", "https://us-west.example/health")]
+    assert {k["job"] for k in keys} == {"blackbox"}
+    for key in keys:
+        labels = {k: v for k, v in key.items() if k != "__name__"}
+        success = series(history, "probe_success", **labels)
+        assert None not in success and STALE not in success
+        assert 0.98 < share(success, 0, 7200) < 1.0, "1% of the probes fail at random"
+        seconds = sorted(series(history, "probe_duration_seconds", **labels))
+        median, p95 = seconds[len(seconds) // 2], seconds[int(len(seconds) * 0.95)]
+        assert 0.036 < median < 0.044 and 0.052 < p95 < 0.068, (median, p95)
+
+
+def test_endpoint_down_and_slow_hit_their_region_only(tmp_path):
+    history = endpoints(tmp_path, "  - {kind: endpoint_down, endpoint: probes/eu-west, at: 30m,"
+                                  " for: 10m}\n"
+                                  "  - {kind: endpoint_down, endpoint: probes/us-west, at: 1h,"
+                                  " for: 30m, value: 0.5}\n"
+                                  "  - {kind: endpoint_slow, endpoint: probes, at: 1h40m,"
+                                  " factor: 10}")
+    eu = series(history, "probe_success", job="blackbox", region="eu-west",
+                instance="https://eu-west.example/health")
+    eu_seconds = series(history, "probe_duration_seconds", job="blackbox", region="eu-west",
+                        instance="https://eu-west.example/health")
+    us = series(history, "probe_success", job="blackbox", region="us-west",
+                instance="https://us-west.example/health")
+    assert share(eu, 1800, 2400) == 0.0, "unreachable: every probe fails"
+    assert set(eu_seconds[1800 // 15:2400 // 15]) == {simulate.PROBE_TIMEOUT}
+    assert share(eu, 2400, 3600) > 0.95 and share(us, 1800, 2400) > 0.95
+    assert 0.35 < share(us, 3600, 5400) < 0.65, "flapping: half of the probes fail"
+    slow = series(history, "probe_duration_seconds", job="blackbox", region="us-west",
+                  instance="https://us-west.example/health")
+    assert 0.3 < sorted(slow[6000 // 15:])[len(slow[6000 // 15:]) // 2] < 0.5, "10 x 40 ms"
+
+
+def test_endpoints_leave_the_pipemon_replicas_alone(tmp_path):
+    history = endpoints(tmp_path, wanted={"probe_success"})
+    assert {(dict(k)["__name__"], dict(k)["job"]) for k, _ in history} == {
+        ("probe_success", "blackbox"), ("up", "pipemon")}, "only the replica's own `up`"
+    again = endpoints(tmp_path, wanted={"probe_success", "probe_duration_seconds"})
+    assert [v for k, v in again if dict(k)["__name__"] == "probe_success"] == [
+        v for k, v in history if dict(k)["__name__"] == "probe_success"], \
+        "what is wanted does not change the draws"
+
+
+def test_a_bad_endpoint_source_gets_one_line_per_problem(tmp_path):
+    path = write_scenario(tmp_path, """
+name: broken
+category: noise
+duration: 1h
+sources:
+  - name: probes
+    kind: endpoint
+    regions:
+      - {name: us-west, urls: [us-west.example]}
+      - {name: us-west, urls: [https://us-west.example/health]}
+    fail_ratio: 2
+    labels: {env: prod}
+events:
+  - {kind: endpoint_down, endpoint: probes/mars, at: 10m}
+  - {kind: endpoint_slow, endpoint: probes, at: 10m}
+""")
+    with pytest.raises(scenario.ScenarioError) as err:
+        scenario.load(path)
+    problems = [p.removeprefix(f"{path}: ") for p in err.value.problems]
+    assert problems == [
+        "sources[0].labels: not used with kind endpoint (its series are blackbox_exporter's)",
+        "sources[0].regions[0].urls: expected a list of http(s) URLs, got ['us-west.example']",
+        "sources[0].regions: region 'us-west' twice",
+        "sources[0].fail_ratio: expected a ratio between 0 and 1, got 2",
+        "events[0].endpoint: expected one of probes, probes/us-west, got 'probes/mars'",
+        "events[1].factor: required",
+    ], problems

@@ -20,8 +20,8 @@ from testkit.net import wait_until
 
 KEYS = ["name", "kind", "dsn", "dsn_file", "interval", "timeout", "table", "columns", "states",
         "preset", "stuck_after", "queues", "checks", "bucket", "endpoint_url", "base_url",
-        "secret_key", "success", "duration_seconds", "inventory", "tools", "scratch", "labels",
-        "x"]
+        "secret_key", "success", "duration_seconds", "peak_dbfs", "loudness_lufs", "inventory",
+        "tools", "scratch", "labels", "x"]
 KINDS = ["queue", "analysis", "storage", "checks", "host", "trigger_dev", "nope"]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
                     st.text(max_size=30), st.sampled_from(["15s", "0s", "-1s", "5m", "1h30m",
@@ -90,6 +90,35 @@ def test_hostile_config_values(tmp_path):
         "sources[2].dsn_file: cannot read 'a_dir': Is a directory",
         "sources[3].stuck_after: expected a duration like 15s, 5m or 1h30m, got '-5m'",
     ]
+
+
+def test_bad_audio_level_config(tmp_path):
+    """Level layouts may be negative but must increase; each problem is one line naming the
+    file, the key and what is wrong."""
+    base = {"name": "a", "kind": "analysis", "dsn": "postgresql://u@localhost/db",
+            "peak_dbfs": "peak_dbfs", "loudness_lufs": "loudness_lufs"}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"sources": [
+        {**base, "buckets": {"peak": [-6, -3, -3, 0], "loudness": [-14, -20]}},
+        {**base, "name": "b", "buckets": {"peak": ["-3dB"], "loudness": [-14, ".inf"]}},
+        {**base, "name": "c", "buckets": {"peak": [], "loudness": [float("inf")]}},
+        {**base, "name": "d", "peak_dbfs": None, "clipping_dbfs": -1},
+        {**base, "name": "e", "clipping_dbfs": "loud", "loudness_lufs": ""},
+    ]}))
+    with pytest.raises(ConfigError) as err:
+        load(path, env={})
+    assert err.value.lines() == [f"{path}: {line}" for line in [
+        "sources[0].buckets.peak: bounds must increase, got -3 then -3",
+        "sources[0].buckets.loudness: bounds must increase, got -14 then -20",
+        "sources[1].buckets.peak: expected a number, got '-3dB'",
+        "sources[1].buckets.loudness: expected a number, got '.inf'",
+        "sources[2].buckets.peak: expected a non-empty list of numbers, got a list",
+        "sources[2].buckets.loudness: expected finite numbers (+Inf is always the last bucket)",
+        "sources[3].clipping_dbfs: not used without peak_dbfs (the expression of the peak level"
+        " it is compared with)",
+        "sources[4].loudness_lufs: expected a non-empty string, got ''",
+        "sources[4].clipping_dbfs: expected a number, got 'loud'",
+    ]]
 
 
 @pytest.mark.postgres

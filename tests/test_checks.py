@@ -64,6 +64,7 @@ def test_example_integrity_checks_give_exact_values(make_app, pg_dsn, integrity)
     assert value(app, "playlist_entries_missing_track") == 3
     assert value(app, "posts_with_missing_track") == 2
     assert value(app, "migration_progress_percent") == 66.67  # 6 of 9 have a track_id
+    assert value(app, "audio_posts_migrated") == 6
     assert value(app, "tracks_created", period="5m") == 5
     assert value(app, "tracks_created", period="1h") == 6
     ratio = value(app, "db_connection_usage_ratio")
@@ -72,7 +73,8 @@ def test_example_integrity_checks_give_exact_values(make_app, pg_dsn, integrity)
     assert connections == round(connections) >= 2
     for check in ("audio_posts_without_track", "playlist_entries_missing_track",
                   "posts_with_missing_track", "tracks_created",
-                  "migration_progress_percent", "db_connection_usage_ratio"):
+                  "migration_progress_percent", "audio_posts_migrated",
+                  "db_connection_usage_ratio"):
         assert up(app, check) == 1
 
     # The migration finishes and the data is repaired: every check follows.
@@ -86,6 +88,7 @@ def test_example_integrity_checks_give_exact_values(make_app, pg_dsn, integrity)
     assert value(app, "playlist_entries_missing_track") == 0
     assert value(app, "posts_with_missing_track") == 0
     assert value(app, "migration_progress_percent") == 100
+    assert value(app, "audio_posts_migrated") == 9
 
     integrity.execute("DELETE FROM posts WHERE post_type = 'audio'")
     app = make_app([{**source, "dsn": pg_dsn}])
@@ -209,8 +212,8 @@ def test_example_checks_config_is_valid():
     assert [c.name for c in source.checks] == [
         "audio_posts_without_track", "playlist_entries_missing_track",
         "posts_with_missing_track", "tracks_created",
-        "migration_progress_percent", "db_connection_usage_ratio"]
-    assert [c.interval for c in source.checks] == [60, 60, 60, 60, 60, 30]
+        "migration_progress_percent", "audio_posts_migrated", "db_connection_usage_ratio"]
+    assert [c.interval for c in source.checks] == [60, 60, 60, 60, 60, 60, 30]
 
 
 def test_config_problems_are_reported(tmp_path):

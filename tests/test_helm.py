@@ -88,6 +88,13 @@ FULL: dict[str, Any] = {
                                "regex": "python_gc_.*"}],
     },
     "prometheusRule": {"labels": {"role": "alert-rules"}},
+    "probes": {"enabled": True, "prober": {"url": "blackbox.monitoring.svc:9115"},
+               "labels": {"team": "media"},
+               "targets": [{"region": "us-west", "urls": ["https://us-west.aimixer.com/health"]},
+                           {"region": "eu-west", "urls": ["https://eu-west.aimixer.com/health",
+                                                          "https://eu-west-2.aimixer.com/health"]},
+                           {"region": "global", "urls": ["https://api.aimixer.com/health"],
+                            "module": "https_2xx"}]},
     "dashboards": {"namespace": "monitoring", "labels": {"team": "media"}},
     "alertmanager": {"enabled": True, "namespace": "monitoring",
                      "settings": {"email": {"smarthost": "smtp.corp.example:587"},
@@ -322,7 +329,8 @@ def test_prometheus_operator_shapes(rendered):
         dropped = unknown_fields(doc, parsed.model_dump(mode="json", by_alias=True,
                                                         exclude_unset=True))
         assert not dropped, f"{where}: fields the CRD does not have: {dropped}"
-    assert kinds == {"ServiceMonitor", "PrometheusRule"}
+    assert {"ServiceMonitor", "PrometheusRule"} <= kinds <= {"ServiceMonitor", "PrometheusRule",
+                                                             "Probe"}
 
 
 def test_the_crd_check_is_not_a_rubber_stamp(default):
@@ -668,8 +676,50 @@ def test_optional_parts(full):
 
 def test_default_leaves_the_optional_parts_out(default):
     kinds = sorted(d["kind"] for d in default.docs)
-    assert "NetworkPolicy" not in kinds and "Secret" not in kinds
+    assert "NetworkPolicy" not in kinds and "Secret" not in kinds and "Probe" not in kinds
     assert not any("--web.config.file" in a for a in default.container()["args"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Endpoint probes (blackbox_exporter, through the Operator's Probe)
+
+def test_probes_put_the_region_on_the_series(full):
+    """One Probe per region: its static targets carry `region` (what the region alert and the
+    regions dashboard group by), probed as examples/prometheus-blackbox.yaml probes them."""
+    [example] = yaml.safe_load((ROOT / "examples" / "prometheus-blackbox.yaml").read_text())[
+        "scrape_configs"]
+    modules = yaml.safe_load((ROOT / "examples" / "blackbox.yml").read_text())["modules"]
+    probes = {p["metadata"]["name"]: p for p in full.of("Probe")}
+    assert sorted(probes) == ["pipemon-probe-eu-west", "pipemon-probe-global",
+                              "pipemon-probe-us-west"]
+    for target in FULL["probes"]["targets"]:
+        probe = probes[f"pipemon-probe-{target['region']}"]
+        assert probe["metadata"]["namespace"] == NAMESPACE
+        assert probe["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        assert probe["metadata"]["labels"]["team"] == "media"
+        spec = probe["spec"]
+        assert spec["targets"] == {"staticConfig": {"static": target["urls"],
+                                                    "labels": {"region": target["region"]}}}
+        assert spec["jobName"] == "blackbox"
+        assert spec["prober"] == {"url": "blackbox.monitoring.svc:9115", "scheme": "http",
+                                  "path": example["metrics_path"]}
+        assert spec["module"] == target.get("module", example["params"]["module"][0])
+        assert spec["module"] in modules, f"{spec['module']} is not in examples/blackbox.yml"
+        assert (spec["interval"], spec["scrapeTimeout"]) == (
+            example["scrape_interval"], example["scrape_timeout"])
+
+
+def test_probes_need_targets(chart):
+    assert "probes.targets: list at least one {region, urls}" in render_error(
+        chart, merged(BASE, {"probes": {"enabled": True}}))
+    for wrong, where in (({"prober": {"url": "http://blackbox:9115"}}, "/probes/prober/url"),
+                         ({"targets": [{"region": "us-west", "urls": ["us-west.example"]}]},
+                          "/probes/targets/0/urls/0"),
+                         ({"targets": [{"region": "US West", "urls": ["https://x.example"]}]},
+                          "/probes/targets/0/region")):
+        values = merged(BASE, {"probes": {"enabled": True,
+                                          "targets": FULL["probes"]["targets"], **wrong}})
+        assert f"at '{where}'" in render_error(chart, values)
 
 
 # ------------------------------------------------------------------------------------------------

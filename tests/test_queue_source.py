@@ -381,6 +381,66 @@ def test_analysis_results_counted_with_durations(make_app, pg_dsn, db):
     assert value("pipemon_analysis_duration_seconds_count") == 3
     assert value("pipemon_analysis_duration_seconds_bucket", le="1.0") == 2
     assert value("pipemon_analysis_duration_seconds_bucket", le="30.0") == 3
+    # no peak_dbfs, no loudness_lufs: no level series at all
+    assert value("pipemon_analysis_peak_dbfs_count") is None
+    assert value("pipemon_analysis_clipped_total") is None
+    assert value("pipemon_analysis_loudness_lufs_count") is None
+
+
+def test_analysis_audio_levels_land_in_their_buckets(make_app, pg_dsn, db):
+    """Successful results with a finite level are observed; failed ones, NULLs and a silent
+    track's -Infinity are not. A peak above clipping_dbfs (-3) counts as clipping; -3 itself
+    does not; a true peak above full scale lands in +Inf."""
+    app = make_app([{
+        "name": "analysis", "kind": "analysis", "dsn": pg_dsn, "table": "audio_events_cache",
+        "peak_dbfs": "peak_dbfs", "loudness_lufs": "loudness_lufs"}])
+    assert app.poll_all_once()
+    value = lambda name, **kw: sample(app, name, source="analysis", **kw)  # noqa: E731
+    # zero, not absent, before the first result
+    assert value("pipemon_analysis_peak_dbfs_count") == 0
+    assert value("pipemon_analysis_peak_dbfs_bucket", le="-3.0") == 0
+    assert value("pipemon_analysis_clipped_total") == 0
+    assert value("pipemon_analysis_loudness_lufs_bucket", le="+Inf") == 0
+    db.execute("INSERT INTO audio_events_cache (track_id, timeline, peak_dbfs, loudness_lufs)"
+               " VALUES (1, '[]', -6.0, -14.2), (2, '[]', -3.0, -13.0), (3, '[]', -0.5, -9.0),"
+               " (4, NULL, 0.0, -8.0), (5, '[]', NULL, NULL),"
+               " (6, '[]', '-Infinity', '-Infinity'), (7, '[]', 0.3, -30.0),"
+               " (8, '[]', 'NaN', -14.0)")
+    assert app.poll_all_once()
+    assert value("pipemon_analysis_results_total", outcome="succeeded") == 7
+    assert value("pipemon_analysis_results_total", outcome="failed") == 1
+    peaks = {le: value("pipemon_analysis_peak_dbfs_bucket", le=le)
+             for le in ("-24.0", "-6.0", "-5.0", "-3.0", "-1.0", "-0.5", "0.0", "+Inf")}
+    assert peaks == {"-24.0": 0, "-6.0": 1, "-5.0": 1, "-3.0": 2, "-1.0": 2, "-0.5": 3,
+                     "0.0": 3, "+Inf": 4}
+    assert value("pipemon_analysis_peak_dbfs_count") == 4
+    assert value("pipemon_analysis_peak_dbfs_sum") == pytest.approx(-9.2)
+    assert value("pipemon_analysis_clipped_total") == 2  # -0.5 and 0.3; not -3.0, not failed
+    loudness = {le: value("pipemon_analysis_loudness_lufs_bucket", le=le)
+                for le in ("-30.0", "-14.5", "-14.0", "-13.0", "-12.0", "-8.0", "-6.0")}
+    assert loudness == {"-30.0": 1, "-14.5": 1, "-14.0": 3, "-13.0": 4, "-12.0": 4, "-8.0": 5,
+                        "-6.0": 5}
+    assert value("pipemon_analysis_loudness_lufs_count") == 5
+    assert value("pipemon_analysis_loudness_lufs_sum") == pytest.approx(-80.2)
+
+
+def test_analysis_level_buckets_and_clipping_level_from_the_config(make_app, pg_dsn, db):
+    app = make_app([{
+        "name": "analysis", "kind": "analysis", "dsn": pg_dsn, "table": "audio_events_cache",
+        "peak_dbfs": "peak_dbfs + 0", "clipping_dbfs": -1,
+        "loudness_lufs": "coalesce(loudness_lufs, -70)",
+        "buckets": {"peak": [-6, -1.5, -1], "loudness": [-23, -14]}}])
+    assert app.poll_all_once()
+    db.execute("INSERT INTO audio_events_cache (track_id, timeline, peak_dbfs, loudness_lufs)"
+               " VALUES (1, '[]', -2.0, -20.0), (2, '[]', -1.0, NULL), (3, '[]', -0.9, -9.5)")
+    assert app.poll_all_once()
+    value = lambda name, **kw: sample(app, name, source="analysis", **kw)  # noqa: E731
+    assert [value("pipemon_analysis_peak_dbfs_bucket", le=le)
+            for le in ("-6.0", "-1.5", "-1.0", "+Inf")] == [0, 1, 2, 3]
+    assert value("pipemon_analysis_clipped_total") == 1  # only -0.9 is above -1
+    assert [value("pipemon_analysis_loudness_lufs_bucket", le=le)
+            for le in ("-23.0", "-14.0", "+Inf")] == [1, 2, 3]  # NULL read as -70
+    assert value("pipemon_analysis_loudness_lufs_bucket", le="-12.0") is None
 
 
 def test_exporter_never_writes(make_app, pg_dsn, db):

@@ -34,6 +34,13 @@ JOB_SECONDS_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 240, 30
                        1200, 1800, 2700, 3600, 5400, 7200, 10800, 14400, 21600, 43200)
 POLL_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 STORAGE_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Audio levels of analysis results (negative bounds: `le` may be any float). Peaks, dBFS: fine
+# near full scale, where mastering lives; the clipping count does not depend on these
+# (sources/analysis.py). Integrated loudness, LUFS: 0.5 LU apart from -16 to -12, so the median
+# is within 0.25 LU around the -14 LUFS target, and a bound at the alert's limits (target +- 2).
+PEAK_DBFS_BUCKETS = (-24, -18, -12, -9, -6, -5, -4, -3, -2, -1, -0.5, -0.1, 0)
+LOUDNESS_LUFS_BUCKETS = (-40, -30, -24, -20, -18, -17, -16, -15.5, -15, -14.5, -14, -13.5, -13,
+                         -12.5, -12, -11, -10, -8, -6)
 
 OTHER = "other"
 
@@ -219,6 +226,16 @@ ANALYSIS_RESULTS = Spec(
 ANALYSIS_DURATION = Spec(
     "pipemon_analysis_duration_seconds", "histogram",
     "Processing time of analysis results.", ("source",))
+ANALYSIS_PEAK = Spec(
+    "pipemon_analysis_peak_dbfs", "histogram",
+    "Peak level of successful analysis results, dBFS.", ("source",))
+ANALYSIS_LOUDNESS = Spec(
+    "pipemon_analysis_loudness_lufs", "histogram",
+    "Integrated loudness of successful analysis results, LUFS.", ("source",))
+ANALYSIS_CLIPPED = Spec(
+    "pipemon_analysis_clipped_total", "counter",
+    "Successful analysis results whose peak level is above the source's clipping_dbfs.",
+    ("source",))
 
 # --- storage (S3 / R2) ---
 STORAGE_PROBE_SUCCESS = Spec(
@@ -365,8 +382,9 @@ class CounterSet:
 class HistogramSet:
     """Histograms keyed by label values, with fixed buckets. Guard with the owner's lock."""
 
-    def __init__(self, buckets: Iterable[float]) -> None:
+    def __init__(self, buckets: Iterable[float], floor: float | None = 0.0) -> None:
         self.bounds = tuple(float(b) for b in buckets)
+        self.floor = floor  # lowest value observed (None: levels, which are negative)
         # rendered once, not per scrape
         self._le = tuple(floatToGoString(b) for b in (*self.bounds, math.inf))
         self._counts: dict[tuple[str, ...], list[int]] = {}
@@ -381,7 +399,8 @@ class HistogramSet:
     def observe(self, labels: tuple[str, ...], value: float) -> None:
         if value is None or math.isnan(value):
             return
-        value = max(value, 0.0)  # clock skew between writers must not give negative durations
+        if self.floor is not None:  # clock skew between writers must not give negative durations
+            value = max(value, self.floor)
         self.ensure(labels)
         self._counts[labels][bisect.bisect_left(self.bounds, value)] += 1  # le: value <= bound
         self._sums[labels] += value

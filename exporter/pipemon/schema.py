@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass
@@ -156,11 +157,27 @@ def bucket_layout(value: Any) -> tuple[float, ...]:
     else:
         raise ValueError("expected a list of durations or a mapping with min, max and count,"
                          f" got {show(value)}")
+    return _increasing(bounds, "s")
+
+
+@described("list of numbers")
+def level_layout(value: Any) -> tuple[float, ...]:
+    """Histogram bounds of a level (dBFS, LUFS): increasing numbers, negative ones included."""
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"expected a non-empty list of numbers, got {show(value)}")
+    bounds = [number(v) for v in value]
+    if not all(math.isfinite(b) for b in bounds):
+        raise ValueError("expected finite numbers (+Inf is always the last bucket)")
+    return _increasing(bounds)
+
+
+def _increasing(bounds: list[float], unit: str = "") -> tuple[float, ...]:
+    """Histogram bounds as given, when there are not too many and they increase."""
     if len(bounds) > MAX_BUCKETS:
         raise ValueError(f"{len(bounds)} bounds, at most {MAX_BUCKETS}: each is a series")
     for lower, upper in itertools.pairwise(bounds):
         if upper <= lower:
-            raise ValueError(f"bounds must increase, got {lower:g}s then {upper:g}s")
+            raise ValueError(f"bounds must increase, got {lower:g}{unit} then {upper:g}{unit}")
     return tuple(bounds)
 
 

@@ -137,6 +137,10 @@ class SourceSpec:
     regions: tuple[RegionSpec, ...] = ()
     error_ratio: float = 0.0  # share of requests answered 500
     operations: tuple[OperationSpec, ...] = ()
+    # kind endpoint: HTTP endpoints that blackbox_exporter probes (region, URLs), with the
+    # probes' `job` label; error_ratio is the share of probes that fail, latency their duration
+    endpoints: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    job: str = ""
     # the exporter's config for it: its `labels:`, and its `name` when two environments' sources
     # share one (the scenario's `name` must be unique: events target it)
     labels: tuple[tuple[str, str], ...] = ()
@@ -244,7 +248,8 @@ def _pod(value) -> int:
 
 def _none(target: str):
     kinds = {"source": "queue, storage, analysis or checks", "queue": "queue",
-             "service": "service", "operation": "service with operations"}[target]
+             "service": "service", "operation": "service with operations",
+             "endpoint": "endpoint"}[target]
 
     def parse(value):
         raise ValueError(f"no source of kind {kinds} to target, got {value!r}")
@@ -268,6 +273,8 @@ EVENT_KINDS = {
     "storage_outage": ("source", {}),
     "storage_slow": ("source", {"factor": float}),
     "analysis_degraded": ("source", {"success_ratio": float}),
+    "audio_clipping": ("source", {"share": _ratio}),
+    "loudness_shift": ("source", {"lu": float}),
     "check_value": ("source", {"check": string, "value": float}),
     # an instrumented service (kind service): `service: name` or `service: name/region`
     "service_errors": ("service", {"value": _ratio}),
@@ -275,8 +282,11 @@ EVENT_KINDS = {
     "service_traffic": ("service", {"factor": _non_negative}),
     "pod_restart": ("service", {"down": positive_duration, "pod": _pod}),
     "operation_fail_ratio": ("operation", {"value": _ratio}),
+    # probed endpoints (kind endpoint): `endpoint: name` or `endpoint: name/region`
+    "endpoint_down": ("endpoint", {"value": _ratio}),
+    "endpoint_slow": ("endpoint", {"factor": _non_negative}),
 }
-OPTIONAL_PARAMS = ("exporter_restart", "scrape_gap", "redeploy", "pod_restart")
+OPTIONAL_PARAMS = ("exporter_restart", "scrape_gap", "redeploy", "pod_restart", "endpoint_down")
 
 
 def first_sentence(text: str) -> str:
@@ -309,7 +319,7 @@ def _scenario(node: Node, path: Path) -> Scenario | None:
     if isinstance(node.data.get("sources"), str):
         node.data["sources"] = _pipeline(node, node.data["sources"])
     sources = tuple(_source(n) for n in node.items("sources", required=True))
-    pipemon = [s for s in sources if s.kind != "service"]
+    pipemon = [s for s in sources if s.kind not in ("service", "endpoint")]
     services = [s for s in sources if s.kind == "service"]
     exported = [tuple(sorted(s.exported.items())) for s in pipemon]
     for twin in {e for e in exported if exported.count(e) > 1}:
@@ -328,6 +338,9 @@ def _scenario(node: Node, path: Path) -> Scenario | None:
         "service": ({s.name for s in services}
                     | {f"{s.name}/{r.name}" for s in services for r in s.regions}),
         "operation": {f"{s.name}/{o.name}" for s in services for o in s.operations},
+        "endpoint": ({s.name for s in sources if s.kind == "endpoint"}
+                     | {f"{s.name}/{r}" for s in sources if s.kind == "endpoint"
+                        for r, _ in s.endpoints}),
     }
     pods = {(s.name, r.name): r.pods for s in services for r in s.regions}
     events = tuple(_event(n, targets, pods) for n in node.items("events", allow_empty=True))
@@ -369,7 +382,8 @@ def _pipeline(node: Node, pipeline: str) -> list:
 
 
 def _source(node: Node) -> SourceSpec:
-    kind = node.get("kind", one_of("queue", "storage", "analysis", "checks", "service"))
+    kind = node.get("kind", one_of("queue", "storage", "analysis", "checks", "service",
+                                   "endpoint"))
     labels = node.mapping("labels", label_text, {})
     for label in labels:
         problem = constant_label_problem(label)
@@ -395,6 +409,8 @@ def _source(node: Node) -> SourceSpec:
                 node.problem(key, "not used with kind service (its series are the service's,"
                                   " not pipemon's)")
         spec = _service(node, common)
+    elif kind == "endpoint":
+        spec = _endpoints(node, common)
     else:
         spec = SourceSpec(**common, checks=node.mapping("checks", float))
     node.finish()
@@ -415,6 +431,34 @@ def _service(node: Node, common: dict) -> SourceSpec:
                       regions=regions, operations=operations,
                       error_ratio=node.get("error_ratio", _ratio, 0.0),
                       latency=_spread(node, "latency"))
+
+
+def _endpoints(node: Node, common: dict) -> SourceSpec:
+    """HTTP endpoints probed by blackbox_exporter: regions of URLs, failed probes, latency."""
+    for key in ("labels", "source_label"):
+        if node.has(key):
+            node.problem(key, "not used with kind endpoint (its series are blackbox_exporter's)")
+    regions = []
+    for sub in node.items("regions", required=True):
+        region = sub.get("name", name) or ""
+        urls = sub.get("urls", _urls, ())
+        sub.finish()
+        if region in [r for r, _ in regions]:
+            node.problem("regions", f"region {region!r} twice")
+        regions.append((region, urls))
+    return SourceSpec(**common, endpoints=tuple(regions),
+                      job=node.get("job", label_text, "blackbox") or "blackbox",
+                      error_ratio=node.get("fail_ratio", _ratio, 0.0),
+                      latency=(_spread(node, "latency") if node.has("latency") else None)
+                      or Spread(0.04, 0.06))
+
+
+def _urls(value) -> tuple[str, ...]:
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(u, str) and u.startswith(("http://", "https://"))
+                       for u in value)):
+        raise ValueError(f"expected a list of http(s) URLs, got {value!r}")
+    return tuple(value)
 
 
 def _region(node: Node) -> RegionSpec:
@@ -506,7 +550,7 @@ def _event(node: Node, targets: dict[str, set[str]], pods: dict[tuple[str, str],
             source = ref
         elif target == "queue":
             source, _, queue = ref.partition("/")
-        elif target == "service":
+        elif target in ("service", "endpoint"):
             source, _, region = ref.partition("/")
         else:
             source, _, operation = ref.partition("/")

@@ -46,6 +46,8 @@ WARMUP = 1800.0  # the pipeline runs this long before the history starts (steady
 JOB = "pipemon"
 JOB_BUCKETS = (*m.JOB_SECONDS_BUCKETS, math.inf)
 STORAGE_BUCKETS = (*m.STORAGE_SECONDS_BUCKETS, math.inf)
+PEAK_BUCKETS = (*m.PEAK_DBFS_BUCKETS, math.inf)
+LOUDNESS_BUCKETS = (*m.LOUDNESS_LUFS_BUCKETS, math.inf)
 OUTCOMES = ("succeeded", "failed", "cancelled")
 STATES = ("scheduled", "waiting", "running", "retrying")
 OPERATIONS = ("put", "get", "delete")
@@ -314,14 +316,44 @@ def simulate_storage(spec: SourceSpec, events: list[Event], seed: int,
 class AnalysisState:
     results: tuple[int, int] = (0, 0)  # succeeded, failed
     durations: tuple[int, ...] = ()
+    # audio levels of the successful results: bucket counts, and peaks above CLIPPING_DBFS
+    peaks: tuple[int, ...] = ()
+    loudness: tuple[int, ...] = ()
+    clipped: int = 0
+
+
+# Audio levels of a successful analysis: an integrated loudness around the -14 LUFS target
+# (standard deviation 1.2 LU), a peak 9.5 +- 0.8 dB above it (a mastered track's
+# peak-to-loudness ratio), at most full scale; LOUD_TRACKS of them are hot masters peaking at
+# -1 to 0 dBFS. About 17% of healthy tracks peak above -3 dBFS.
+LOUDNESS_LUFS = (-14.0, 1.2)
+PEAK_ABOVE_LOUDNESS = (9.5, 0.8)
+LOUD_TRACKS = 0.02
+CLIPPING_DBFS = -3.0  # the analysis source's default clipping_dbfs
+
+
+def _audio(rng: random.Random, events: list[Event], at: float) -> tuple[float, float]:
+    """(peak dBFS, loudness LUFS) of a track finished at `at`; always four draws, so an event
+    does not change the draws of later tracks."""
+    shift = sum(e.params["lu"] for e in events if e.kind == "loudness_shift" and e.active(at))
+    clipping = max([LOUD_TRACKS] + [e.params["share"] for e in events
+                                    if e.kind == "audio_clipping" and e.active(at)])
+    loudness = rng.gauss(*LOUDNESS_LUFS) + shift
+    peak = loudness + rng.gauss(*PEAK_ABOVE_LOUDNESS)
+    hot, hot_peak = rng.random(), rng.uniform(-1.0, 0.0)
+    return min(0.0, hot_peak if hot < clipping else peak), loudness
 
 
 def simulate_analysis(spec: SourceSpec, events: list[Event], seed: int,
                       duration: float) -> list[AnalysisState]:
     rng = _rng(seed, spec.name)
+    audio_rng = _rng(seed, spec.name, "audio")  # the results and durations stay as they were
     mine = [e for e in events if e.source == spec.name and e.kind == "analysis_degraded"]
-    ok = failed = 0
+    audio_events = [e for e in events if e.source == spec.name
+                    and e.kind in ("audio_clipping", "loudness_shift")]
+    ok = failed = clipped = 0
     counts = [0] * len(JOB_BUCKETS)
+    peaks, loudness = [0] * len(PEAK_BUCKETS), [0] * len(LOUDNESS_BUCKETS)
     snapshots = []
     at = rng.expovariate(spec.per_second) if spec.per_second > 0 else math.inf
     t = 0.0
@@ -331,11 +363,16 @@ def simulate_analysis(spec: SourceSpec, events: list[Event], seed: int,
                          spec.success_ratio)
             if rng.random() < ratio:
                 ok += 1
+                peak, lufs = _audio(audio_rng, audio_events, at)
+                peaks[_bucket(PEAK_BUCKETS, peak)] += 1
+                loudness[_bucket(LOUDNESS_BUCKETS, lufs)] += 1
+                clipped += peak > CLIPPING_DBFS
             else:
                 failed += 1
             counts[_bucket(JOB_BUCKETS, _lognormal(rng, spec.duration))] += 1
             at += rng.expovariate(spec.per_second)
-        snapshots.append(AnalysisState((ok, failed), tuple(counts)))
+        snapshots.append(AnalysisState((ok, failed), tuple(counts), tuple(peaks),
+                                       tuple(loudness), clipped))
         t += SNAPSHOT
     return snapshots
 
@@ -425,7 +462,7 @@ def history(scenario: Scenario, wanted: set[str] | None = None) -> History:
             poll = max(0.0, t - replica.phase)
             since = replica.counting_since(poll)
             for source in scenario.sources:
-                if source.kind == "service":
+                if source.kind in ("service", "endpoint"):
                     continue  # scraped by Prometheus itself, not through pipemon
                 source_down = [e for e in outages[source.name] if e.at <= poll]
                 down_now = any(e.active(poll) for e in source_down)
@@ -454,6 +491,9 @@ def history(scenario: Scenario, wanted: set[str] | None = None) -> History:
     services = [s for s in scenario.sources if s.kind == "service"]
     for index, source in enumerate(services):
         simulate_service(out, source, events, scenario.seed, index, want)
+    for source in scenario.sources:
+        if source.kind == "endpoint":
+            simulate_endpoints(out, source, events, scenario.seed, want)
     out.mark_stale()
     return out
 
@@ -541,6 +581,20 @@ def _export_analysis(out, k, labels, snaps, read_at, since, offset, want) -> Non
     if want(name):
         _histogram(out, k, name, labels, now.durations, then.durations if then else None,
                    offset, JOB_BUCKETS)
+    # Audio levels: a replica that started before the history carries `offset` tracks in its
+    # lowest buckets (quiet, not clipping), as the durations do.
+    for spec, bounds, field_ in ((m.ANALYSIS_PEAK, PEAK_BUCKETS, "peaks"),
+                                 (m.ANALYSIS_LOUDNESS, LOUDNESS_BUCKETS, "loudness")):
+        counts = getattr(now, field_)
+        before = getattr(then, field_) if then else None
+        if want(spec.name + "_bucket"):
+            _histogram(out, k, spec.name + "_bucket", labels, counts, before, offset, bounds)
+        if want(spec.name + "_count"):
+            out.values(spec.name + "_count", **labels)[k] = \
+                sum(counts) - (sum(before) if before else -offset)
+    if want(m.ANALYSIS_CLIPPED.name):
+        out.values(m.ANALYSIS_CLIPPED.name, **labels)[k] = \
+            now.clipped - (then.clipped if then else 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -860,3 +914,39 @@ def _record(pod: _Pod, k: int) -> None:
         series["_sum"][k] = round(pod.seconds, 3)
     for values, value in zip(series.get("ops", ()), pod.ops, strict=False):
         values[k] = value
+
+
+PROBE_TIMEOUT = 5.0  # examples/blackbox.yml: a probe that gets no answer fails after 5 s
+
+
+def simulate_endpoints(out: History, spec: SourceSpec, events: list[Event], seed: int,
+                       want) -> None:
+    """Write blackbox_exporter's probe_success and probe_duration_seconds of each endpoint
+    (`job`, `instance` its URL, `region`), one probe per 15 s step: a probe fails with the
+    endpoint's `fail_ratio` (rare single failures) or, during `endpoint_down`, with the event's
+    `value` (1: unreachable, the probe times out); it takes a lognormal time (`latency`), times
+    the `factor` of an `endpoint_slow`."""
+    if not (want("probe_success") or want("probe_duration_seconds")):
+        return
+    mine = [e for e in events if e.source == spec.name and e.kind.startswith("endpoint_")]
+    for region, urls in spec.endpoints:
+        here = [e for e in mine if e.region in ("", region)]
+        for url in urls:
+            labels = {"job": spec.job, "instance": url, "region": region}
+            success = (out.values("probe_success", **labels) if want("probe_success")
+                       else [None] * out.steps)
+            seconds = (out.values("probe_duration_seconds", **labels)
+                       if want("probe_duration_seconds") else [None] * out.steps)
+            rng = _rng(seed, spec.name, region, url)
+            for k in range(out.steps):
+                t = k * STEP
+                down = [e.params.get("value", 1.0) for e in here
+                        if e.kind == "endpoint_down" and e.active(t)]
+                fail = max([spec.error_ratio, *down])
+                slow = math.prod(e.params["factor"] for e in here
+                                 if e.kind == "endpoint_slow" and e.active(t))
+                failed = rng.random() < fail
+                took = _lognormal(rng, spec.latency) * slow
+                success[k] = 0.0 if failed else 1.0
+                seconds[k] = round(PROBE_TIMEOUT if failed and down and max(down) >= 1
+                                   else min(took, PROBE_TIMEOUT), 4)
