@@ -29,6 +29,7 @@ from grafana_foundation_sdk.models import prometheus as pm
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "rules" / "pipemon-recording.yaml"
 SERVICE_RULES = ROOT / "rules" / "service-alerts.yaml"
+INFRA_RULES = ROOT / "rules" / "infra-alerts.yaml"
 RUNBOOKS = "https://github.com/pipemon/pipemon/blob/main/docs/runbooks/"
 TAG = "pipemon"
 
@@ -71,6 +72,7 @@ def _constants(path: Path, group_name: str) -> dict[tuple[str, tuple[tuple[str, 
 
 THRESHOLDS = _constants(RULES, "pipemon-thresholds")
 SERVICE_THRESHOLDS = _constants(SERVICE_RULES, "pipemon-service-thresholds")
+ENDPOINT_THRESHOLDS = _constants(INFRA_RULES, "pipemon-infra-endpoint")
 
 
 def threshold(name: str, **labels: str) -> float:
@@ -84,6 +86,13 @@ def service_threshold(name: str, **labels: str) -> float:
     service_threshold("error_ratio", severity="critical")."""
     record = name if ":" in name else f"service_alert:{name}:threshold"
     return SERVICE_THRESHOLDS[(record, tuple(sorted(labels.items())))]
+
+
+def endpoint_threshold(name: str, **labels: str) -> float:
+    """A threshold of the endpoint rules (rules/infra-alerts.yaml), e.g.
+    endpoint_threshold("uptime_ratio", severity="warning")."""
+    return ENDPOINT_THRESHOLDS[(f"endpoint_alert:{name}:threshold",
+                                tuple(sorted(labels.items())))]
 
 
 def steps(base: str = GREEN, *levels: tuple[float, str]) -> db.ThresholdsConfig:

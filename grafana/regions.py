@@ -21,6 +21,7 @@ from grafana.common import (
     Grid,
     colored_cell,
     dashboard,
+    endpoint_threshold,
     label_variable,
     prop,
     query,
@@ -37,7 +38,8 @@ R = 'region=~"$region"'
 RE = 'region=~"$region", instance=~"$endpoint"'
 HEALTH = {0: ("Healthy", GREEN), 1: ("Degraded", ORANGE), 2: ("Unhealthy", RED)}
 # the uptime alerts' thresholds (rules/infra-alerts.yaml): critical below, warning below
-UPTIME_CRITICAL, UPTIME_WARNING = 0.90, 0.95
+UPTIME_CRITICAL = endpoint_threshold("uptime_ratio", severity="critical")
+UPTIME_WARNING = endpoint_threshold("uptime_ratio", severity="warning")
 
 
 def health_mapping() -> dm.ValueMap:
@@ -52,14 +54,15 @@ def uptime_colours():
 def _probes(g: Grid) -> None:
     g.row("Endpoints")
     g.add(stat("Region uptime (24 h)", "Share of successful probes over the last 24 hours, "
-               "all endpoints of each region: warning below 95%, critical below 90%.",
+               "all endpoints of each region: warning below "
+               f"{UPTIME_WARNING:.0%}, critical below {UPTIME_CRITICAL:.0%}.",
                "percentunit", [query(f"region:pipemon_uptime:ratio_24h{{{R}}}", "{{region}}")],
                thresholds=uptime_colours(), decimals=2,
                links=[runbook("PipemonEndpointUptimeLow")]), 24, 4)
     g.add(table("Endpoints now", "Per endpoint: its class (unhealthy: down now or 24 h uptime "
-                "below 90%; degraded: uptime below 95% or slow; healthy), whether the last probe "
-                "succeeded, the 24 h uptime, the probe's p95 duration over 5 minutes and the "
-                "last HTTP status.", "none",
+                f"below {UPTIME_CRITICAL:.0%}; degraded: uptime below {UPTIME_WARNING:.0%} or "
+                "slow; healthy), whether the last probe succeeded, the 24 h uptime, the probe's "
+                "p95 duration over 5 minutes and the last HTTP status.", "none",
                 [query(f"endpoint:pipemon_health:state{{{RE}}}", instant=True, table=True),
                  query(f"probe_success{{{RE}}}", instant=True, table=True),
                  query(f"endpoint:pipemon_uptime:ratio_24h{{{RE}}}", instant=True, table=True),
@@ -87,8 +90,9 @@ def _probes(g: Grid) -> None:
     g.add(timeseries("Probe duration", "Time of each probe (DNS, connect, TLS, the answer).",
                      "s", [query(f"probe_duration_seconds{{{RE}}}", "{{region}} {{instance}}")],
                      links=[runbook("PipemonEndpointLatencyHigh")]), 12, 8)
-    g.add(timeseries("Uptime (24 h) per endpoint", "Rolling 24-hour share of successful probes; "
-                     "dashed: the 95% warning and 90% critical.", "percentunit",
+    g.add(timeseries("Uptime (24 h) per endpoint", "Rolling 24-hour share of successful "
+                     f"probes; dashed: the {UPTIME_WARNING:.0%} warning and "
+                     f"{UPTIME_CRITICAL:.0%} critical.", "percentunit",
                      [query(f"endpoint:pipemon_uptime:ratio_24h{{{RE}}}",
                             "{{region}} {{instance}}")],
                      thresholds=uptime_colours(), min_val=None, max_val=1,

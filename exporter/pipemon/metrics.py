@@ -41,6 +41,9 @@ STORAGE_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 PEAK_DBFS_BUCKETS = (-24, -18, -12, -9, -6, -5, -4, -3, -2, -1, -0.5, -0.1, 0)
 LOUDNESS_LUFS_BUCKETS = (-40, -30, -24, -20, -18, -17, -16, -15.5, -15, -14.5, -14, -13.5, -13,
                          -12.5, -12, -11, -10, -8, -6)
+# A peak above this counts as clipping (the analysis source's default `clipping_dbfs`: the AI
+# Mixer's alert level).
+CLIPPING_DBFS = -3.0
 
 OTHER = "other"
 

@@ -316,7 +316,7 @@ def simulate_storage(spec: SourceSpec, events: list[Event], seed: int,
 class AnalysisState:
     results: tuple[int, int] = (0, 0)  # succeeded, failed
     durations: tuple[int, ...] = ()
-    # audio levels of the successful results: bucket counts, and peaks above CLIPPING_DBFS
+    # audio levels of the successful results: bucket counts, and peaks above m.CLIPPING_DBFS
     peaks: tuple[int, ...] = ()
     loudness: tuple[int, ...] = ()
     clipped: int = 0
@@ -329,7 +329,6 @@ class AnalysisState:
 LOUDNESS_LUFS = (-14.0, 1.2)
 PEAK_ABOVE_LOUDNESS = (9.5, 0.8)
 LOUD_TRACKS = 0.02
-CLIPPING_DBFS = -3.0  # the analysis source's default clipping_dbfs
 
 
 def _audio(rng: random.Random, events: list[Event], at: float) -> tuple[float, float]:
@@ -366,7 +365,7 @@ def simulate_analysis(spec: SourceSpec, events: list[Event], seed: int,
                 peak, lufs = _audio(audio_rng, audio_events, at)
                 peaks[_bucket(PEAK_BUCKETS, peak)] += 1
                 loudness[_bucket(LOUDNESS_BUCKETS, lufs)] += 1
-                clipped += peak > CLIPPING_DBFS
+                clipped += peak > m.CLIPPING_DBFS
             else:
                 failed += 1
             counts[_bucket(JOB_BUCKETS, _lognormal(rng, spec.duration))] += 1

@@ -86,7 +86,7 @@ class AnalysisConfig(IncrementalPgConfig):
     clipping_dbfs: float = value(
         "A successful result whose peak is above this level counts as clipping"
         " (`pipemon_analysis_clipped_total`, which PipemonAudioPeakHigh reads; -3: the AI"
-        " Mixer's alert level).", number, -3.0)
+        " Mixer's alert level).", number, m.CLIPPING_DBFS)
     buckets: AnalysisBuckets | None = section(
         AnalysisBuckets, "Histogram bounds of processing times and audio levels (default:"
         " layouts for media work and for audio).")
