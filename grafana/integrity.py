@@ -79,7 +79,8 @@ def build() -> dict:
                      "(its values are then absent).", "none",
                      [query(f"max without (instance, pod) (pipemon_check_up{{{SC}}})",
                             "{{check}}")],
-                     thresholds=steps(RED, (1, GREEN)), max_val=1), 8, 8)
+                     thresholds=steps(RED, (1, GREEN)), max_val=1,
+                     links=[runbook("PipemonCheckFailing")]), 8, 8)
     g.add(timeseries("Check errors by reason", "Failed check runs per minute by reason "
                      "(timeout, schema, permission, sql_error, no_value, ...).", "suffix: /min",
                      [query("sum by (check, reason) (max without (instance, pod) (rate("

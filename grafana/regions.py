@@ -61,24 +61,24 @@ def _probes(g: Grid) -> None:
                links=[runbook("PipemonEndpointUptimeLow")]), 24, 4)
     g.add(table("Endpoints now", "Per endpoint: its class (unhealthy: down now or 24 h uptime "
                 f"below {UPTIME_CRITICAL:.0%}; degraded: uptime below {UPTIME_WARNING:.0%} or "
-                "slow; healthy), whether the last probe succeeded, the 24 h uptime, the probe's "
-                "p95 duration over 5 minutes and the last HTTP status.", "none",
+                "its median probe slow; healthy), whether the last probe succeeded, the 24 h "
+                "uptime, the median probe over 5 minutes and the last HTTP status.", "none",
                 [query(f"endpoint:pipemon_health:state{{{RE}}}", instant=True, table=True),
                  query(f"probe_success{{{RE}}}", instant=True, table=True),
                  query(f"endpoint:pipemon_uptime:ratio_24h{{{RE}}}", instant=True, table=True),
-                 query(f"quantile_over_time(0.95, probe_duration_seconds{{{RE}}}[5m])",
+                 query(f"endpoint:pipemon_probe_duration_seconds:median_5m{{{RE}}}",
                        instant=True, table=True),
                  query(f"probe_http_status_code{{{RE}}}", instant=True, table=True)],
                 columns={"region": "Region", "instance": "Endpoint", "Value #A": "Health",
                          "Value #B": "Up now", "Value #C": "Uptime 24 h",
-                         "Value #D": "Probe p95", "Value #E": "HTTP status"},
+                         "Value #D": "Median probe (5m)", "Value #E": "HTTP status"},
                 overrides=[("Health", [prop("mappings", [health_mapping().to_json()]),
                                        *colored_cell("none", steps(GREEN, (1, ORANGE),
                                                                    (2, RED)))]),
                            ("Up now", [prop("mappings", [up_mapping().to_json()]),
                                        *colored_cell("none", steps(RED, (1, GREEN)))]),
                            ("Uptime 24 h", colored_cell("percentunit", uptime_colours())),
-                           ("Probe p95", [prop("unit", "s")])],
+                           ("Median probe (5m)", [prop("unit", "s")])],
                 sort_by="Health",
                 links=[runbook("PipemonEndpointDown"), runbook("PipemonEndpointUptimeLow")]),
           24, 8)
