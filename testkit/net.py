@@ -55,18 +55,18 @@ def stays(check: Callable[[], Any], duration: float, what: str, interval: float 
         time.sleep(interval)
 
 
-def http_request(url: str, headers: dict[str, str] | None = None,
-                 timeout: float = 5) -> tuple[int, bytes]:
-    """GET `url` on a new connection: (status, body as sent, e.g. still gzipped). Any status is
-    returned, not raised, and redirects are not followed; a connection that fails raises
-    OSError (or http.client.HTTPException for a broken answer)."""
+def http_request(url: str, headers: dict[str, str] | None = None, timeout: float = 5,
+                 method: str = "GET", body: bytes | None = None) -> tuple[int, bytes]:
+    """`method` (GET) `url` on a new connection: (status, body as sent, e.g. still gzipped). Any
+    status is returned, not raised, and redirects are not followed; a connection that fails
+    raises OSError (or http.client.HTTPException for a broken answer)."""
     parts = urlsplit(url)
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
-        conn.request("GET", path, headers=headers or {})
+        conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
         return response.status, response.read()
     finally:

@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import re
-import threading
 import time
 import urllib.parse
 from pathlib import Path
@@ -40,6 +39,7 @@ import pytest
 from grafana.generate import build_all
 from testkit import ROOT
 from testkit.app import queue_source
+from testkit.background import Ticker
 from testkit.net import http_get, wait_until
 from testkit.processes import Exporter, NodeExporter
 from testkit.prometheus import Prometheus
@@ -52,20 +52,16 @@ BUCKET = "media"
 FAKE_FFMPEG = ["python3", "-c", "print('ffmpeg version 6.1.1-test Copyright (c) the FFmpeg devs')"]
 
 
-class Pipeline:
+class Pipeline(Ticker):
     """Moves jobs, writes analysis results and uploads objects on a background thread."""
 
     WAITS = (0, 3, 8, 20, 45, 90)            # seconds a job has been ready when it starts
     RUNS = (2, 7, 25, 50, 140, 400, 12, 4)   # run times of the jobs that finish
 
     def __init__(self, dsn: str, s3=None, tick: float = 0.25):
+        super().__init__("pipeline", tick)
         self.dsn = dsn
         self.s3 = s3
-        self.tick = tick
-        self.ticks = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
-        self.error: BaseException | None = None
 
     def seed(self) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as db:
@@ -95,24 +91,8 @@ class Pipeline:
         if self.s3 is not None:
             self.s3.put_object(Bucket=BUCKET, Key="uploads/a.wav", Body=b"x" * 4096)
 
-    def start(self) -> Pipeline:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        try:
-            with psycopg.connect(self.dsn, autocommit=True) as db:
-                for i in itertools.count():
-                    if self._stop.wait(self.tick):
-                        return
-                    self.step(db, i)
-                    self.ticks = i + 1
-        except BaseException as exc:  # reported by the test, not lost in a thread
-            self.error = exc
+    def session(self) -> psycopg.Connection:
+        return psycopg.connect(self.dsn, autocommit=True)
 
     def step(self, db, i: int) -> None:
         wait = self.WAITS[i % len(self.WAITS)]

@@ -28,8 +28,6 @@ shipped (a queue failing a third of its jobs; the region whose only endpoint ans
 
 from __future__ import annotations
 
-import itertools
-import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -39,6 +37,7 @@ import yaml
 
 from grafana.generate import build_all
 from testkit import ROOT
+from testkit.background import Ticker
 from testkit.net import LoopbackServer, http_request, wait_until
 from testkit.processes import (
     BlackboxExporter,
@@ -104,7 +103,7 @@ class StaticMetrics(LoopbackServer):
         return f"127.0.0.1:{self.port}"
 
 
-class Load:
+class Load(Ticker):
     """Requests to each region's service from a background thread: reads (some slow), uploads
     (the service fails its share), and a missing page now and then (404)."""
 
@@ -112,39 +111,15 @@ class Load:
               ("GET", "/api/tracks"), ("POST", "/api/tracks"), ("GET", "/missing"))
 
     def __init__(self, urls: list[str]):
+        super().__init__("load", 0.02)
         self.urls = urls
         self.sent = 0
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="load", daemon=True)
 
-    def start(self) -> Load:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        import http.client
-        from urllib.parse import urlsplit
-
-        try:
-            for method, path in itertools.cycle(self.ROUTES):
-                if self._stop.wait(0.02):
-                    return
-                for url in self.urls:
-                    parts = urlsplit(url)
-                    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
-                    try:
-                        conn.request(method, path, body=b"" if method == "POST" else None)
-                        conn.getresponse().read()
-                    finally:
-                        conn.close()
-                    self.sent += 1
-        except BaseException as exc:  # reported by the test, not lost in a thread
-            self.error = exc
+    def step(self, session: None, i: int) -> None:
+        method, path = self.ROUTES[i % len(self.ROUTES)]
+        for url in self.urls:
+            http_request(url + path, method=method, body=b"" if method == "POST" else None)
+            self.sent += 1
 
 
 def blackbox_job(exporter: str, targets: dict[str, list[str]]) -> dict:
